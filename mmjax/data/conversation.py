@@ -1,0 +1,272 @@
+"""Conversation templates and label masking for instruction tuning (LLaVA, Show-o MMU, Qwen2-based OneVision).
+
+A conversation is the LLaVA JSON form: a list of `{"from": "human" | "gpt", "value": str}` turns, where human
+turns may hold `<image>` placeholders. A template says how turns are rendered; `tokenize_conversation` turns a
+conversation into `(input_ids, labels)`.
+
+Why turn by turn: the LLaVA reference renders the whole prompt, tokenizes it once, then re-tokenizes pieces to
+guess where each answer starts; when the guess disagrees with the real tokenization it masks the whole sample,
+silently (the "tokenization mismatch" bug). Here the rendered text is cut into segments (prompt text, answer
+text, image, bos), each segment is tokenized on its own and the ids are concatenated, so every label lines up
+with its input by construction. Only answer segments (the assistant's text plus the turn's end token, e.g.
+`</s>` / `<|im_end|>`) are supervised; everything else is IGNORE_INDEX. With the byte-level tokenizer the
+result equals the tokenization of the whole rendered string; with BPE / SentencePiece it can differ from it
+only at segment boundaries, which are placed before the answer's leading space so that the answer's first
+token is the one the model sees at inference. Labels are NOT shifted: position i's label is input i; the loss
+shifts (logits[:, :-1] vs labels[:, 1:]).
+
+Each image placeholder becomes ONE `image_token_id` (the model expands it into the image features, which get
+no labels). `image_token_len` counts how many positions that expansion will take, so `max_len` limits the real
+length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from mmjax.data.text import Tokenizer
+
+IMAGE_PLACEHOLDER = "<image>"
+IGNORE_INDEX = -100
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+CHATML_SYSTEM = "You are a helpful assistant."
+# LLaVA evaluation response-format prompts, appended to a question after a newline: f"{question}\n{PROMPT}".
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+OPTION_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
+
+_ROLES = {"human": True, "user": True, "gpt": False, "assistant": False}  # -> is_user
+_TEXT, _ANSWER, _IMAGE, _BOS = "text", "answer", "image", "bos"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """How turns are rendered. A user turn is `user_start + value + user_end`; an assistant turn is
+    `assistant_start + answer_lead + value + assistant_end + after_assistant`, of which
+    `answer_lead + value + assistant_end` is supervised. The inference prompt ends with `assistant_start`.
+
+    image: "inline" keeps each placeholder where it is; "front" removes placeholders from the text and puts
+    the image tokens at the very start of the sequence (Show-o's `<|mmu|><|soi|> img <|eoi|>` prefix); "only"
+    replaces a user turn by its placeholders alone (LLaVA `plain`: the question text is dropped).
+    special_tokens: strings the template writes that must be single tokens of the tokenizer.
+    """
+
+    name: str
+    prefix: str = ""
+    user_start: str = ""
+    user_end: str = ""
+    assistant_start: str = ""
+    answer_lead: str = ""
+    assistant_end: str = ""
+    after_assistant: str = ""
+    bos: bool = False
+    prompt_bos: bool | None = None  # bos for inference prompts, when it differs from training
+    image: Literal["inline", "front", "only"] = "inline"
+    special_tokens: tuple[str, ...] = ()
+
+
+TEMPLATES: dict[str, Template] = {
+    # LLaVA stage 1 (alignment): <image> caption \n, caption and \n supervised; LLaMA's tokenizer adds bos.
+    "plain": Template("plain", assistant_end="\n", bos=True, image="only"),
+    # LLaVA-1.5 stage 2: "{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ..." (sep " ", sep2 "</s>").
+    "vicuna_v1": Template("vicuna_v1", prefix=VICUNA_SYSTEM + " ", user_start="USER: ",
+                          assistant_start=" ASSISTANT:", answer_lead=" ", assistant_end="</s>", bos=True,
+                          special_tokens=("</s>",)),
+    # Show-o LLaVA-data tuning: image prefix + "USER: q ASSISTANT: a<|endoftext|>", no bos. The reference's
+    # MMU inference prompt does put bos after the image prefix (`<|eoi|> <bos> USER: \n q ASSISTANT:`): kept.
+    "phi1.5": Template("phi1.5", user_start="USER: ", assistant_start=" ASSISTANT:", answer_lead=" ",
+                       assistant_end="<|endoftext|>", bos=False, prompt_bos=True, image="front",
+                       special_tokens=("<|endoftext|>",)),
+    # Qwen2 (LLaVA-OneVision): <|im_start|>role\n...<|im_end|>\n; the "\n" after an answer's <|im_end|> is not
+    # supervised.
+    "chatml": Template("chatml", prefix=f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n",
+                       user_start="<|im_start|>user\n", user_end="<|im_end|>\n",
+                       assistant_start="<|im_start|>assistant\n", assistant_end="<|im_end|>",
+                       after_assistant="\n",
+                       special_tokens=("<|im_start|>", "<|im_end|>")),
+}
+
+
+def get_template(template: str | Template) -> Template:
+    """The template of that name (or the template itself)."""
+    if isinstance(template, Template):
+        return template
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {template!r}; expected one of {sorted(TEMPLATES)}")
+    return TEMPLATES[template]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedConversation:
+    """One training sample. `num_supervised == 0` (e.g. the answer was truncated away) means the sample
+    teaches nothing: the pipeline counts and reports those. `num_positions` is the length once images are
+    expanded."""
+
+    input_ids: np.ndarray  # int32 [n]
+    labels: np.ndarray  # int32 [n], IGNORE_INDEX where not supervised
+    num_supervised: int
+    num_images: int
+    num_positions: int
+    truncated: bool
+
+
+def _turns(conv: Sequence[Mapping[str, object]]) -> list[tuple[bool, str]]:
+    """Validated (is_user, value) pairs. A leading assistant turn is dropped, as the reference does."""
+    if isinstance(conv, str | bytes) or not isinstance(conv, Sequence) or not conv:
+        raise ValueError(f"a conversation is a non-empty list of {{'from', 'value'}} turns, got {conv!r:.80}")
+    turns = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
+            raise ValueError(f"turn {i}: expected a dict with 'from' and 'value', got {turn!r:.80}")
+        role, value = turn["from"], turn["value"]
+        if role not in _ROLES:
+            raise ValueError(f"turn {i}: unknown role {role!r}; expected one of {sorted(_ROLES)}")
+        if not isinstance(value, str):
+            raise ValueError(f"turn {i}: 'value' must be a string, got {type(value).__name__}")
+        turns.append((_ROLES[role], value))
+    skip = 0 if turns[0][0] else 1
+    for i, (is_user, _) in enumerate(turns[skip:]):
+        if is_user != (i % 2 == 0):
+            raise ValueError(f"turn {i + skip}: turns must alternate human, gpt, human, ... ")
+    return turns[skip:]
+
+
+def _segments(conv: Sequence[Mapping[str, object]], t: Template,
+              generation_prompt: bool) -> list[tuple[str, str]]:
+    """The sequence as (kind, text) segments; adjacent prompt text is merged and tokenized in one piece."""
+    turns = _turns(conv)
+    n_front = 0
+    body: list[tuple[str, str]] = [(_TEXT, t.prefix)]
+    for is_user, value in turns:
+        if not is_user:
+            body += [(_TEXT, t.assistant_start), (_ANSWER, t.answer_lead + value + t.assistant_end),
+                     (_TEXT, t.after_assistant)]
+            continue
+        body.append((_TEXT, t.user_start))
+        if t.image == "only":
+            body += [(_IMAGE, "")] * value.count(IMAGE_PLACEHOLDER)
+        elif t.image == "front":
+            n_front += value.count(IMAGE_PLACEHOLDER)
+            body.append((_TEXT, value.replace(IMAGE_PLACEHOLDER, "")))
+        else:
+            first, *rest = value.split(IMAGE_PLACEHOLDER)
+            body.append((_TEXT, first))
+            for text in rest:
+                body += [(_IMAGE, ""), (_TEXT, text)]
+        body.append((_TEXT, t.user_end))
+    if generation_prompt:
+        if not turns[-1][0]:
+            raise ValueError("an inference prompt's conversation must end with a human turn")
+        body.append((_TEXT, t.assistant_start))
+    use_bos = t.bos if not generation_prompt or t.prompt_bos is None else t.prompt_bos
+    merged: list[tuple[str, str]] = []
+    for kind, text in [(_IMAGE, "")] * n_front + ([(_BOS, "")] if use_bos else []) + body:
+        if kind == _TEXT and not text:
+            continue
+        if kind == _TEXT and merged and merged[-1][0] == _TEXT:
+            merged[-1] = (_TEXT, merged[-1][1] + text)
+        else:
+            merged.append((kind, text))
+    return merged
+
+
+def render_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
+                        generation_prompt: bool = False) -> str:
+    """The text a template makes of a conversation (images as `<image>`, bos not included): for reading, for
+    parity with reference format strings, and for logging samples."""
+    t = get_template(template)
+    segments = _segments(conv, t, generation_prompt)
+    return "".join(IMAGE_PLACEHOLDER if kind == _IMAGE else text for kind, text in segments)
+
+
+def _encode_segments(segments: list[tuple[str, str]], t: Template, tokenizer: Tokenizer,
+                     image_token_id: int | None) -> tuple[list[int], list[bool], list[bool]]:
+    """ids, supervised flags and image flags of the segments, tokenized one by one."""
+    for token in t.special_tokens:
+        if not tokenizer.has_token(token):
+            raise ValueError(f"template {t.name!r} needs {token!r} as a single token, but {tokenizer!r} "
+                             f"lacks it; pass special_tokens={list(t.special_tokens)} to make_tokenizer")
+    ids: list[int] = []
+    supervised: list[bool] = []
+    is_image: list[bool] = []
+    for kind, text in segments:
+        if kind == _BOS:
+            if tokenizer.bos_id is None:
+                raise ValueError(f"template {t.name!r} starts with bos but {tokenizer!r} has no bos token")
+            piece = [tokenizer.bos_id]
+        elif kind == _IMAGE:
+            if image_token_id is None:  # the caller builds the image part of the sequence itself
+                continue
+            piece = [image_token_id]
+        else:
+            piece = tokenizer.encode(text)
+        ids += piece
+        supervised += [kind == _ANSWER] * len(piece)
+        is_image += [kind == _IMAGE] * len(piece)
+    return ids, supervised, is_image
+
+
+def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
+                          tokenizer: Tokenizer, max_len: int, image_token_id: int | None, *,
+                          image_token_len: int = 1) -> TokenizedConversation:
+    """(input_ids, labels) of a training conversation, built turn by turn (see the module docstring).
+
+    Each `<image>` becomes one `image_token_id` counted as `image_token_len` positions; `image_token_id=None`
+    drops placeholders (the caller lays out the image itself). Sequences longer than `max_len` positions are
+    cut at the end (`truncated=True`); an image that would not fit whole is cut with everything after it.
+    """
+    if max_len <= 0 or image_token_len <= 0:
+        raise ValueError(f"max_len and image_token_len must be positive, got {max_len}, {image_token_len}")
+    t = get_template(template)
+    ids, supervised, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    positions, keep = 0, len(ids)
+    for i, img in enumerate(is_image):
+        cost = image_token_len if img else 1
+        if positions + cost > max_len:
+            keep = i
+            break
+        positions += cost
+    labels = [i if s else IGNORE_INDEX for i, s in zip(ids[:keep], supervised[:keep])]
+    return TokenizedConversation(
+        input_ids=np.asarray(ids[:keep], np.int32), labels=np.asarray(labels, np.int32),
+        num_supervised=sum(supervised[:keep]), num_images=sum(is_image[:keep]), num_positions=positions,
+        truncated=keep < len(ids))
+
+
+def build_prompt(conv: str | Sequence[Mapping[str, object]], template: str | Template, tokenizer: Tokenizer,
+                 image_token_id: int | None) -> np.ndarray:
+    """Token ids of an inference prompt: the conversation so far (ending with a human turn; a string is one
+    human turn) followed by the assistant prefix, so the model's next token starts the answer. No labels, no
+    truncation."""
+    if isinstance(conv, str):
+        conv = [{"from": "human", "value": conv}]
+    t = get_template(template)
+    ids, _, _ = _encode_segments(_segments(conv, t, True), t, tokenizer, image_token_id)
+    return np.asarray(ids, np.int32)
+
+
+def stop_token_ids(template: str | Template, tokenizer: Tokenizer) -> list[int]:
+    """Ids that end an assistant turn in generation: the template's end token (if one token) and eos."""
+    t = get_template(template)
+    end = tokenizer.encode(t.assistant_end)
+    ids = end if len(end) == 1 else []
+    eos = tokenizer.eos_id
+    return ids + ([eos] if eos is not None and eos not in ids else [])
+
+
+def move_image_first(conv: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """LLaVA-1.5's normalisation of human turns holding an image: `"<image>\\n" + text without placeholders`,
+    stripped. The reference applies it before `vicuna_v1`; the data pipeline opts in through the config."""
+    out = []
+    for turn in conv:
+        turn = dict(turn)
+        value = turn.get("value")
+        is_user = isinstance(turn.get("from"), str) and _ROLES.get(turn["from"], False)
+        if is_user and isinstance(value, str) and IMAGE_PLACEHOLDER in value:
+            turn["value"] = IMAGE_PLACEHOLDER + "\n" + value.replace(IMAGE_PLACEHOLDER, "").strip()
+        out.append(turn)
+    return out

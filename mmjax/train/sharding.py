@@ -1,0 +1,112 @@
+"""Device mesh from the config, the logical-axis rule table, and shardings for params and batches.
+
+Parameters and activations are annotated with logical names (see `mmjax.nn.layers`); this module is the one place
+that turns those names into mesh axes. The default rules give ZeRO-3 style FSDP over `fsdp`, tensor parallelism of
+heads / MLP / vocab over `tensor`, and data parallelism of the batch over `data` x `fsdp`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("conv_out", "fsdp"),
+    ("conv_in", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves one `-1` axis size so that the product equals the number of devices."""
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    if shape.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if num_devices % known:
+            raise ValueError(f"config.mesh {sizes}: {num_devices} devices not divisible by {known}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"config.mesh {sizes} needs {math.prod(shape)} devices, have {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with Auto axis types (Linen's logical constraints need them; Explicit axes make them asserts)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(dict(mesh_config), len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
+    """The rule table: the config's (name, mesh axes) pairs, or the defaults when the config gives none."""
+    if not rules:
+        return DEFAULT_RULES
+    return tuple((str(name), tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (others are replicated)."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def strip_boxes(tree: Any) -> Any:
+    """Removes logical-partitioning boxes without applying sharding constraints (safe outside jit)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches are split along their leading axis over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles the global batch from this host's slice (every host holds `global_batch / process_count` rows)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def maybe_initialize_distributed() -> None:
+    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars)."""
+    wanted = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
+                                           "MEGASCALE_COORDINATOR_ADDRESS"))
+    if os.environ.get("SLURM_NTASKS") == "1":
+        wanted = False
+    if wanted and not jax.distributed.is_initialized():  # must run before any backend is touched
+        jax.distributed.initialize()

@@ -1,0 +1,104 @@
+"""The contract between the trainer and a task (one objective: classification, vq, lm, llava, showo, ...).
+
+The trainer owns the mesh, sharded init, the jit-compiled step, the optimizer, checkpoints and logging, and knows
+nothing about models. A task supplies, from the config: the model and its init, the data (sources + preprocessing),
+`loss_fn`, and evaluation. Non-parameter variables (e.g. a VQ codebook's EMA statistics) travel as `model_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmjax.data import pipeline
+from mmjax.data.sources import make_source
+from mmjax.train import sharding
+
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator may use: the mesh, the batch size, the skip counter and where to write samples."""
+
+    mesh: jax.sharding.Mesh
+    batch_size: int
+    counter: pipeline.SkipCounter
+    workdir: str
+    step: int
+    final: bool
+
+    def batches(self, source: Any, preprocess: pipeline.Preprocess, limit: int | None = None
+                ) -> Iterator[dict[str, jax.Array]]:
+        """Global (sharded) eval batches, padded at the end with `valid` = 0 rows."""
+        for local in pipeline.eval_batches(source, preprocess, global_batch_size=self.batch_size,
+                                           counter=self.counter, limit=limit):
+            yield sharding.global_batch(local, self.mesh)
+
+
+class Task:
+    """Base class; subclasses set `self.model` and implement the methods that raise NotImplementedError."""
+
+    #: config.model fields the task understands (checked so a misspelt option fails).
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def source(self, split: str) -> Any:
+        if split not in self.config.data:
+            raise KeyError(f"config.data has no split {split!r}; has {sorted(self.config.data.keys())}")
+        return make_source(self.config.data[split])
+
+    def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
+        record = self.preprocess(self.source("train")[0], None)
+        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
+
+    # -- model --------------------------------------------------------------------------------------------------
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
+        """All variables of the model (params boxed with logical names, plus any other collections)."""
+        raise NotImplementedError
+
+    def loss_fn(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
+                ) -> tuple[jax.Array, tuple[Metrics, Any]]:
+        """(scalar loss, (metrics, new model_state)); metrics are per-step means."""
+        raise NotImplementedError
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def eval_step(self, params: Any, model_state: Any, batch: dict[str, jax.Array]) -> Metrics:
+        """Sums over the batch's valid rows, including a `count`; `evaluate` divides by the total count."""
+        raise NotImplementedError
+
+    def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
+        """Default evaluator: `eval_step` over the `eval` split, averaged over valid examples."""
+        step = jax.jit(self.eval_step)
+        totals: dict[str, float] = {}
+        for batch in ctx.batches(self.source("eval"), self.preprocess):
+            for k, v in step(params, model_state, batch).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        count = totals.pop("count", 0.0)
+        if not count:
+            raise ValueError("evaluation saw no valid example (empty or fully skipped eval split)")
+        return {k: v / count for k, v in totals.items()}
+
+
+def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(values.astype(jnp.float32) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def import_task(path: str) -> Callable[[ml_collections.ConfigDict], Task]:
+    """Imports 'module.path:ClassName' lazily, so `import mmjax` never pulls every model in."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,38 @@
+"""mmjax: multimodal models (ViT, LLaVA, MAGVIT-v2 tokenizer, D3PM/MaskGIT, Show-o) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.4",
+    "grain>=0.2.18",
+    "ml-collections>=1.1.0",
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "pillow>=10.0",
+    "scikit-learn>=1.4",      # ships the real handwritten digits used by configs/vit/digits.py
+    "tokenizers>=0.19",
+    "sentencepiece>=0.2",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+]
+
+setup(
+    name="mmjax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["mmjax", "mmjax.*"]),
+    install_requires=CORE,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-image>=0.22"],
+        # Parity tests against the PyTorch references; `pip install torch==2.13.0` first for a CPU-only build.
+        "parity": ["torch>=2.4", "transformers>=4.50"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+    },
+)

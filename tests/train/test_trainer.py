@@ -1,0 +1,158 @@
+"""End-to-end trainer behaviour on the digits ViT: exact resume after SIGKILL, SIGTERM, corrupt checkpoints,
+non-finite losses, and sharded (8 CPU devices) vs single-device equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import configlib
+from mmjax.data import pipeline
+from mmjax.train import checkpoint
+from mmjax.train.trainer import NonFiniteLossError, Trainer
+from tests.helpers import REPO, run, subprocess_env, train_cmd
+
+CONFIG = os.path.join(REPO, "configs/vit/digits.py")
+TINY = ("batch_size=16", "log_every=10", "eval_every=0", "checkpoint_every=50", "keep_checkpoints=10",
+        "optim.warmup_steps=10")
+
+
+def tiny_config(steps: int, *extra: str):
+    return configlib.apply_overrides(configlib.load_config_file(f"{CONFIG}:steps={steps}"), [*TINY, *extra])
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
+    steps = 400
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    cmd = lambda wd: train_cmd(f"{CONFIG}:steps={steps}", wd, *TINY)
+    proc = subprocess.Popen(cmd(killed), env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = os.path.join(killed, "checkpoints", "50")
+    deadline = time.time() + 300
+    while not os.path.isdir(first) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any(r.get("final") for r in read_metrics(killed)), "the run finished before it could be killed"
+    resumed = run(cmd(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = run(cmd(straight))
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = lambda wd: [r for r in read_metrics(wd) if r.get("final")]
+    assert final(killed) == final(straight)
+    assert_trees_equal(checkpoint.load_params(killed), checkpoint.load_params(straight))
+
+
+def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(train_cmd(f"{CONFIG}:steps=100000", workdir, *TINY), env=subprocess_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "preempted" in out
+    steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=3).steps()
+    assert steps and steps[-1] >= 10
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    Trainer(tiny_config(100), workdir).run()
+    latest = os.path.join(workdir, "checkpoints", "100", "state")
+    for root, _, files in os.walk(latest):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    trainer = Trainer(tiny_config(100), workdir)
+    trainer.build()
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=50, keep=10)
+    data_iter = iter(pipeline.train_dataset(trainer.task.source("train"), trainer.task.preprocess,
+                                            global_batch_size=16, seed=0, counter=trainer.counter))
+    with caplog.at_level("WARNING"):
+        state, step = ckpt.restore(trainer.abstract_state, data_iter)
+    assert step == 50 and int(state.step) == 50
+    assert any("cannot be restored" in r.message for r in caplog.records)
+    for step_dir in ("50",):
+        shutil.rmtree(os.path.join(workdir, "checkpoints", step_dir, "state"))
+    with pytest.raises(checkpoint.CheckpointError, match="could be restored"):
+        ckpt.restore(trainer.abstract_state, data_iter)
+
+
+def test_nonfinite_loss_stops_without_checkpointing(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer = Trainer(tiny_config(30), workdir)
+    original = trainer.task.loss_fn
+
+    def poisoned(params, model_state, batch, rng):
+        loss, aux = original(params, model_state, batch, rng)
+        return loss * np.float32("nan"), aux
+
+    trainer.task.loss_fn = poisoned
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        trainer.run()
+    assert not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.listdir(
+        os.path.join(workdir, "checkpoints"))
+
+
+PROBE = """
+import json, sys
+import jax
+from mmjax import configlib
+from mmjax.data import pipeline
+from mmjax.train.trainer import Trainer
+cfg = configlib.apply_overrides(configlib.load_config_file(sys.argv[1]), sys.argv[2:])
+t = Trainer(cfg, "/tmp/mmjax-probe"); t.build()
+state = t._init(t._rng)
+from mmjax.data import pipeline
+from mmjax.train import sharding
+data = iter(pipeline.train_dataset(t.task.source('train'), t.task.preprocess, global_batch_size=cfg.batch_size,
+                                   seed=cfg.seed, counter=t.counter))
+losses = []
+with t.activate():
+    for _ in range(3):
+        state, m = t._step(state, sharding.global_batch(next(data), t.mesh))
+        losses.append(float(m['loss']))
+kernel = state.params['encoder']['block_0']['mlp']['fc1']['kernel']
+qkv = state.params['encoder']['block_0']['attn']['q_proj']['kernel']
+spec = lambda a: [x if x is None or isinstance(x, str) else list(x) for x in a.sharding.spec]
+mu = [x for x in jax.tree.leaves(state.opt_state) if x.shape == kernel.shape][0]
+print(json.dumps({'losses': losses, 'devices': len(jax.devices()), 'fc1': spec(kernel), 'q_proj': spec(qkv),
+                  'fc1_shards': len(kernel.addressable_shards), 'mu_fc1': spec(mu)}))
+"""
+
+
+def test_fsdp4_data2_on_8_devices_matches_single_device():
+    args = [f"{CONFIG}:steps=3", "batch_size=16"]
+    single = run([sys.executable, "-c", PROBE, *args], devices=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = run([sys.executable, "-c", PROBE, *args, "mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1"], devices=8)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, eight = json.loads(single.stdout.splitlines()[-1]), json.loads(multi.stdout.splitlines()[-1])
+    assert eight["devices"] == 8 and one["devices"] == 1
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=2e-6)
+    assert eight["fc1"] == ["fsdp", "tensor"]               # (embed, mlp) -> (fsdp, tensor)
+    assert eight["mu_fc1"] == ["fsdp", "tensor"]            # Adam moments are sharded like their params
+    assert eight["q_proj"][:2] == ["fsdp", "tensor"]        # (embed, heads, head_dim)
+    assert eight["fc1_shards"] == 8
