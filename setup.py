@@ -19,6 +19,7 @@ CORE = [
     "sentencepiece>=0.2",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    "importlib_resources>=6.0",  # tensorflow-datasets preparation needs it but does not declare it
 ]
 
 setup(

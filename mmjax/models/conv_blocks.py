@@ -29,6 +29,7 @@ ACT_AXES = ("act_batch", None, None, "act_embed")
 
 
 def swish(x: jax.Array) -> jax.Array:
+    """x * sigmoid(x) (the reference's "nonlinearity")."""
     return x * jax.nn.sigmoid(x)
 
 
@@ -51,7 +52,8 @@ def num_groups(channels: int, max_groups: int) -> int:
     return math.gcd(channels, max_groups)
 
 
-def group_norm(channels: int, max_groups: int, eps: float, name: str, dtype: Dtype, param_dtype: Dtype):
+def group_norm(channels: int, max_groups: int, eps: float, name: str, dtype: Dtype,
+               param_dtype: Dtype) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups(channels, max_groups), epsilon=eps, dtype=dtype,
                         param_dtype=param_dtype, force_float32_reductions=True, name=name,
                         scale_init=partitioned(ones, ("norm",)), bias_init=partitioned(zeros, ("norm",)))

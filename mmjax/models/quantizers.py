@@ -84,7 +84,8 @@ def lfq_entropy(z: jax.Array, temperature: float = 0.01, group_bits: int = 10,
         bound of the full-codebook entropy (subadditivity), equal to it when the groups are independent
         under the batch mixture, in particular when there is one group (K <= group_bits) or one position.
         Maximising it still pushes every group's codes to be used uniformly (Open-MAGVIT2 factorises its
-        2^18 codebook the same way).
+        2^18 codebook the same way). Show-o's LFQuantizer computes the fully factorised form (group_bits=1)
+        at temperature 1, averaged rather than summed over bits: its entropy term is this / K (checked).
     """
     k = z.shape[-1]
     z = z.reshape(-1, k).astype(jnp.float32)

@@ -218,4 +218,7 @@ def vit_from_config(model_cfg: dict[str, Any], **extra: Any) -> ViT:
     if unknown:
         raise ValueError(f"unknown config.model field(s) {unknown} for ViT; allowed: {sorted(names)}")
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()}
+    for key in ("dtype", "param_dtype"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = jnp.dtype(cfg[key])
     return ViT(**(cfg | extra))

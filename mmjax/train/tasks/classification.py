@@ -1,7 +1,10 @@
-"""Image classification with a ViT: softmax cross-entropy (optional label smoothing), top-1 accuracy.
+"""Image classification with a ViT: softmax cross-entropy (label smoothing, mixup), top-1 accuracy.
 
-Data records carry `image` (float in [0, 1] or uint8) and `label`. Training augmentation is a random translation
-by up to `config.augment.max_shift` pixels (zero padded), which is what small images like the 8x8 digits need.
+Data records carry `image` (float in [0, 1] or uint8, any size) and `label`. `config.augment` chooses the views:
+  kind=shift:           random translation by up to `max_shift` pixels (tiny images such as the 8x8 digits)
+  kind=inception_crop:  random-resized crop to `image_size` + flip for training; resize to `eval_resize` and
+                        central crop for evaluation (ImageNet)
+Pixels are scaled to `value_range` (default [0, 1]; big_vision's ImageNet recipes use [-1, 1]).
 """
 
 from __future__ import annotations
@@ -13,17 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax.data import augment
 from mmjax.models.vit import vit_from_config
 from mmjax.train.tasks.base import Metrics, Task
-
-
-def random_shift(image: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    if max_shift <= 0:
-        return image
-    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
-    padded = np.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    h, w = image.shape[:2]
-    return padded[max_shift + dy: max_shift + dy + h, max_shift + dx: max_shift + dx + w]
 
 
 class ClassificationTask(Task):
@@ -32,13 +27,20 @@ class ClassificationTask(Task):
         self.model = vit_from_config(dict(config.model), num_classes=config.num_classes)
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        aug = self.config.augment
         image = np.asarray(record["image"])
-        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
         if image.ndim == 2:
             image = image[..., None]
-        if rng is not None:
-            image = random_shift(image, self.config.augment.max_shift, rng)
-        return {"image": image, "label": np.int32(record["label"])}
+        if aug.kind == "inception_crop":
+            if rng is not None:
+                image = augment.random_flip(augment.inception_crop(image, aug.image_size, rng), rng)
+            else:
+                image = augment.resize_center_crop(image, aug.eval_resize, aug.image_size)
+        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if aug.kind == "shift" and rng is not None:
+            image = augment.random_shift(image, aug.max_shift, rng)
+        lo, hi = aug.value_range
+        return {"image": lo + (hi - lo) * image, "label": np.int32(record["label"])}
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         return self.model.init(rng, batch["image"])
@@ -50,9 +52,13 @@ class ClassificationTask(Task):
         return logits
 
     def loss_fn(self, params, model_state, batch, rng) -> tuple[jax.Array, tuple[Metrics, Any]]:
-        logits = self._logits(params, batch, rng)
         labels = jax.nn.one_hot(batch["label"], self.config.num_classes)
         labels = optax.smooth_labels(labels, self.config.label_smoothing) if self.config.label_smoothing else labels
+        if self.config.augment.mixup_alpha:
+            mix_rng, rng = jax.random.split(rng)
+            images, labels = augment.mixup(mix_rng, batch["image"], labels, self.config.augment.mixup_alpha)
+            batch = {**batch, "image": images}
+        logits = self._logits(params, batch, rng)
         loss = jnp.mean(optax.softmax_cross_entropy(logits, labels))
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return loss, ({"accuracy": accuracy}, model_state)
