@@ -160,6 +160,9 @@ class Trainer:
         restored = ckpt.restore(self.abstract_state, data_iter)
         if restored is None:
             state, start = self._init(self._rng), 0
+            pretrained = self.task.pretrained_variables()
+            if pretrained:
+                state = insert_pretrained(state, pretrained)
         else:
             state, start = restored
             log.info("resumed from %s at step %d", ckpt.directory, start)
@@ -202,6 +205,28 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             ckpt.close()
             writer.close()
+
+
+def _insert(tree: Any, loaded: Any, where: str) -> Any:
+    if isinstance(loaded, dict):
+        if not isinstance(tree, dict):
+            raise ValueError(f"pretrained weights: {where} is a leaf in the model, a subtree in the weights")
+        unknown = sorted(set(loaded) - set(tree))
+        if unknown:
+            raise ValueError(f"pretrained weights: {where}/ has no {unknown}; model has {sorted(tree)}")
+        return {k: _insert(tree[k], loaded[k], f"{where}/{k}") if k in loaded else v for k, v in tree.items()}
+    if tuple(np.shape(loaded)) != tuple(tree.shape):
+        raise ValueError(f"pretrained weights: {where} has shape {np.shape(loaded)}, the model {tree.shape}")
+    return jax.device_put(np.asarray(loaded, dtype=tree.dtype), tree.sharding)
+
+
+def insert_pretrained(state: TrainState, loaded: dict[str, Any]) -> TrainState:
+    """Replaces parts of a freshly initialised state with loaded weights, keeping each array's sharding."""
+    loaded = dict(loaded)
+    params = _insert(state.params, loaded.pop("params"), "params") if "params" in loaded else state.params
+    model_state = _insert(state.model_state, loaded, "") if loaded else state.model_state
+    ema = params if state.ema_params is not None else None
+    return state.replace(params=params, model_state=model_state, ema_params=ema)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -156,3 +156,20 @@ def test_fsdp4_data2_on_8_devices_matches_single_device():
     assert eight["mu_fc1"] == ["fsdp", "tensor"]            # Adam moments are sharded like their params
     assert eight["q_proj"][:2] == ["fsdp", "tensor"]        # (embed, heads, head_dim)
     assert eight["fc1_shards"] == 8
+
+
+def test_pretrained_weights_are_inserted_with_their_sharding_and_checked(tmp_path):
+    from mmjax.train.trainer import insert_pretrained
+
+    trainer = Trainer(tiny_config(2), str(tmp_path))
+    trainer.build()
+    state = trainer._init(trainer._rng)
+    head = np.arange(64 * 10, dtype=np.float32).reshape(64, 10)
+    new = insert_pretrained(state, {"params": {"head": {"kernel": head}}})
+    np.testing.assert_array_equal(new.params["head"]["kernel"], head)
+    assert new.params["head"]["kernel"].sharding == state.params["head"]["kernel"].sharding
+    assert_trees_equal(new.params["encoder"], state.params["encoder"])
+    with pytest.raises(ValueError, match=r"params/head/kernel has shape \(3, 3\)"):
+        insert_pretrained(state, {"params": {"head": {"kernel": np.ones((3, 3))}}})
+    with pytest.raises(ValueError, match="has no \\['hed'\\]"):
+        insert_pretrained(state, {"params": {"hed": {}}})

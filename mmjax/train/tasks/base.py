@@ -45,7 +45,6 @@ class EvalContext:
 class Task:
     """Base class; subclasses set `self.model` and implement the methods that raise NotImplementedError."""
 
-    #: config.model fields the task understands (checked so a misspelt option fails).
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
 
@@ -67,6 +66,16 @@ class Task:
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         """All variables of the model (params boxed with logical names, plus any other collections)."""
         raise NotImplementedError
+
+    def pretrained_variables(self) -> dict[str, Any] | None:
+        """Released or previously trained weights to put into a fresh run (never on resume).
+
+        A nested dict shaped like a part of the variables: `{"params": {"vision_tower": {...}}, "tokenizer": {...}}`
+        with numpy leaves (e.g. from `mmjax.convert`); the trainer checks every path and shape and places each
+        array with the sharding its parameter already has. Frozen auxiliary models (a tokenizer) live in their own
+        collection, which the trainer carries as `model_state` and never optimises.
+        """
+        return None
 
     def loss_fn(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
                 ) -> tuple[jax.Array, tuple[Metrics, Any]]:
