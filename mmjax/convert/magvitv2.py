@@ -4,10 +4,9 @@ The release is a PyTorch `pytorch_model.bin` (a pickle). mmjax never unpickles a
 to safetensors with torch (`pip install -e .[parity]`):
 
     import torch, safetensors.torch as st
-    sd = torch.load("pytorch_model.bin", map_location="cpu", weights_only=True)
-    st.save_file(sd, "magvitv2.safetensors")  # numpy has no bfloat16: `.float()` bf16 tensors first if any
+    st.save_file(torch.load("pytorch_model.bin", map_location="cpu", weights_only=True), "tok.safetensors")
 
-then `params = load_magvitv2("magvitv2.safetensors")` and use `{"params": params}` with
+then `params = load_magvitv2("tok.safetensors")` and use `{"params": params}` with
 `VQModel(showo_magvitv2())`.
 
 Key mapping (reference name -> mmjax path): `encoder.down.1.block.0.conv1.weight` ->
@@ -15,8 +14,8 @@ Key mapping (reference name -> mmjax path): `encoder.down.1.block.0.conv1.weight
 `mid.block_1` / `mid.attn_1` -> `mid_block_1` / `mid_attn_1`; conv weights OIHW -> HWIO `kernel`; GroupNorm
 (`norm*`) weight -> `scale`. The LFQ buffers `quantize.embedding` (2^K, K) and `quantize.power_vals` (K,)
 are not parameters: they are checked against the configured bit order (a wrong `msb_first` is refused) and
-dropped. Every key must be consumed and every parameter filled with the right shape, otherwise one error
-lists them all.
+dropped. Reading and key accounting go through `mmjax.convert.safetensors_io` (bf16 files, shards, and one
+error that lists every missing, mis-shaped and unconsumed tensor at once).
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mmjax.convert.safetensors_io import KeyConsumer, load_safetensors, save_safetensors, strip_prefix
 from mmjax.models.quantizers import indices_to_codes
 from mmjax.models.vq import VQConfig, VQModel, showo_magvitv2
 
-LFQ_BUFFERS = ("quantize.embedding", "quantize.power_vals")
 _TO_PATH = (
     (re.compile(r"\b(down|up)\.(\d+)\.(block|attn)\.(\d+)\b"), r"\1_\2_\3_\4"),
     (re.compile(r"\b(down|up)\.(\d+)\.(downsample|upsample)\b"), r"\1_\2_\3"),
@@ -79,6 +78,10 @@ def _to_torch(arr: np.ndarray) -> np.ndarray:
     return arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr  # HWIO -> OIHW
 
 
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape)
+
+
 def param_shapes(config: VQConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat mmjax param path -> shape for `config`, from `jax.eval_shape` (nothing allocated or computed)."""
     size = config.downsample_factor
@@ -96,48 +99,30 @@ def _lfq_buffers(config: VQConfig) -> dict[str, np.ndarray]:
     return {"quantize.embedding": codes, "quantize.power_vals": (2 ** shifts).astype(np.int64)}
 
 
-def convert_state_dict(state: Mapping[str, Any], config: VQConfig | None = None,
-                       prefix: str = "") -> dict[str, Any]:
-    """Reference state dict (numpy/torch-layout arrays) -> nested mmjax params (float32 numpy) for `config`.
+def convert_state_dict(state: Mapping[str, Any], config: VQConfig | None = None, prefix: str = "",
+                       source: str = "MAGVIT-v2 checkpoint") -> dict[str, Any]:
+    """Reference state dict (numpy / torch-layout arrays) -> nested mmjax params (float32 numpy) for `config`.
 
-    `prefix` is stripped from every key (for tokenizers stored inside a larger checkpoint). Raises ValueError
-    listing every unmatched key, every missing parameter and every shape mismatch at once.
+    `prefix` is stripped from the keys that carry it (a tokenizer inside a larger checkpoint); keys without it
+    count as unconsumed. Raises ValueError listing every missing, mis-shaped and unconsumed tensor at once, or
+    naming the LFQ buffer whose bit order / width disagrees with the config.
     """
     config = config or showo_magvitv2()
     if config.quantizer != "lfq":
         raise ValueError("convert_state_dict loads MAGVIT-v2 (LFQ) weights; VQConfig.quantizer must be 'lfq'")
-    expected = param_shapes(config)
-    buffers = _lfq_buffers(config)
-    flat: dict[tuple[str, ...], np.ndarray] = {}
-    unmatched, mismatched, bad_paths = [], [], set()
-    for full_key, value in state.items():
-        if not full_key.startswith(prefix):
-            unmatched.append(full_key)
-            continue
-        key, arr = full_key[len(prefix):], np.asarray(value)
-        if key in buffers:
-            if arr.shape != buffers[key].shape or not np.array_equal(arr, buffers[key]):
-                mismatched.append(f"{full_key}: does not match a {config.z_channels}-bit LFQ with "
-                                  f"msb_first={config.msb_first} (wrong bit order or bit count?)")
-            continue
-        path = torch_key_to_path(key)
-        if path not in expected:
-            unmatched.append(full_key)
-            continue
-        arr = _to_mmjax(arr)
-        if arr.shape != expected[path]:
-            mismatched.append(f"{full_key}: {np.shape(value)} -> {arr.shape}, expected {expected[path]} "
-                              f"at {'/'.join(path)}")
-            bad_paths.add(path)
-            continue
-        flat[path] = arr.astype(np.float32)
-    missing = [path_to_torch_key(p) for p in expected if p not in flat and p not in bad_paths]
-    if unmatched or missing or mismatched:
-        raise ValueError(
-            "MAGVIT-v2 checkpoint does not match the config:\n"
-            f"  unmatched checkpoint keys ({len(unmatched)}): {unmatched}\n"
-            f"  missing parameters ({len(missing)}): {missing}\n"
-            f"  mismatched ({len(mismatched)}): {mismatched}")
+    consumer = KeyConsumer(strip_prefix({k: np.asarray(v) for k, v in state.items()}, prefix), source)
+    for key, expected in _lfq_buffers(config).items():
+        if key in consumer:
+            found = consumer.take(key)
+            if found.shape != expected.shape or not np.array_equal(found, expected):
+                raise ValueError(f"{source}: {prefix}{key} does not match a {config.z_channels}-bit LFQ with "
+                                 f"msb_first={config.msb_first} (wrong bit order or bit count?)")
+    flat = {}
+    for path, shape in param_shapes(config).items():
+        arr = consumer.take(path_to_torch_key(path), _torch_shape(shape))
+        if arr is not None:
+            flat[path] = _to_mmjax(arr).astype(np.float32)
+    consumer.finish()
     return traverse_util.unflatten_dict(flat)
 
 
@@ -152,19 +137,16 @@ def export_state_dict(params: Mapping[str, Any], config: VQConfig | None = None)
 
 
 def load_magvitv2(path: str | Path, config: VQConfig | None = None, prefix: str = "") -> dict[str, Any]:
-    """Reads a safetensors file with the reference key names and converts it (see the module docstring)."""
+    """Reads safetensors weights with the reference key names (a file, a directory or a sharded index) and
+    converts them (see the module docstring for turning the released `.bin` into safetensors)."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected a .safetensors file; convert the released .bin once with the "
-                         "snippet in mmjax/convert/magvitv2.py's docstring (mmjax does not unpickle)")
-    from safetensors.numpy import load_file
-
-    return convert_state_dict(load_file(str(path)), config, prefix)
+    if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        raise ValueError(f"{path}: mmjax does not unpickle checkpoints; convert it to safetensors once "
+                         "with the two lines in mmjax/convert/magvitv2.py's docstring")
+    return convert_state_dict(load_safetensors(path), config, prefix, source=str(path))
 
 
-def save_magvitv2(path: str | Path, params: Mapping[str, Any], config: VQConfig | None = None) -> None:
-    """Writes mmjax params as a safetensors file with the reference key names (loadable by the reference)."""
-    from safetensors.numpy import save_file
-
-    state = export_state_dict(params, config)
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+def save_magvitv2(directory: str | Path, params: Mapping[str, Any],
+                  config: VQConfig | None = None) -> list[Path]:
+    """Writes mmjax params as `directory/model.safetensors` with the reference key names (and LFQ buffers)."""
+    return save_safetensors(export_state_dict(params, config), directory)

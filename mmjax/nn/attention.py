@@ -106,6 +106,9 @@ def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | 
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     impl = select_backend(backend, q.dtype, q.shape[-1], q.shape[1], k.shape[1], mask is not None)
+    if impl == "cudnn" and mask is not None:
+        # cuDNN turns the mask into a bias that must span the full (T, S); only B and heads may broadcast.
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
                                         implementation=impl)
 

@@ -75,10 +75,24 @@ def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str,
     return tuple((str(name), tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
+def _divisible(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes that do not divide their dimension (e.g. a 13-channel conv over fsdp=4): replicate it."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if size and dim % size == 0 else None)
+    return PartitionSpec(*out)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (others are replicated)."""
-    specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (others are replicated).
+
+    A dimension that its mesh axes do not divide is replicated instead of failing the whole run.
+    """
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree), mesh, rules)
+    shapes = strip_boxes(abstract_tree)
+    return jax.tree.map(lambda s, x: NamedSharding(mesh, _divisible(s.spec, x.shape, mesh)), shardings, shapes)
 
 
 def strip_boxes(tree: Any) -> Any:

@@ -16,3 +16,18 @@ def test_rules_from_config_default_and_custom():
     assert sharding.rules_from_config(()) == sharding.DEFAULT_RULES
     rules = sharding.rules_from_config([["embed", None], ["act_batch", ["data", "fsdp"]]])
     assert rules == (("embed", None), ("act_batch", ("data", "fsdp")))
+
+
+def test_non_divisible_dimensions_are_replicated():
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+    box = nn.LogicallyPartitioned(jax.ShapeDtypeStruct((13, 8), np.float32), ("conv_out", "mlp"))
+    out = sharding.logical_shardings({"w": box}, mesh, sharding.DEFAULT_RULES)
+    assert out["w"].spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # size-1 axes divide anything
+    mesh_4x2 = type("MeshShape", (), {"shape": {"data": 1, "fsdp": 4, "tensor": 2}})()  # only .shape is read
+    spec = sharding._divisible(jax.sharding.PartitionSpec("fsdp", "tensor"), (13, 8), mesh_4x2)
+    assert spec == jax.sharding.PartitionSpec(None, "tensor")
