@@ -2,7 +2,8 @@
 
 One converter serves every place a released tower turns up: a standalone `CLIPVisionModel` / `SiglipVisionModel`
 (keys `embeddings.*`, `encoder.layers.<i>.*`), a full `CLIPModel` / `SiglipModel` (the same under `vision_model.`,
-next to a text tower), and LLaVA-family checkpoints that nest the tower (`vision_tower.vision_model.`,
+next to a text tower), and LLaVA-family checkpoints that nest the tower (Hub llava-hf files:
+`vision_tower.vision_model.`; transformers v5 `save_pretrained`: `vision_tower.`; others
 `model.vision_tower.vision_model.`). The prefix is found from the one key every tower has
 (`embeddings.patch_embedding.weight`) unless given. Nothing needs torch: tensors come from safetensors as numpy.
 
@@ -122,6 +123,10 @@ def hf_image_size(config_json: Mapping[str, Any]) -> tuple[int, int]:
     return _pair(_vision_section(config_json)[1]["image_size"], "image_size")
 
 
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def check_vit_matches_hf_config(model: ViT, config_json: Mapping[str, Any], allow_shallower: bool = False) -> None:
     """Refuses a model whose fields differ from config.json: activation, eps and norm placement are invisible in
     the weights' shapes, so a wrong one would load cleanly and give wrong features."""
@@ -136,10 +141,6 @@ def check_vit_matches_hf_config(model: ViT, config_json: Mapping[str, Any], allo
             wrong.append(f"{field}: model has {have!r}, config.json says {want!r}")
     if wrong:
         raise ValueError("ViT does not match the HF config:\n  " + "\n  ".join(wrong))
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _plan(path: tuple[str, ...]) -> tuple[str, str, int | None] | None:
         return "embeddings.class_embedding", "cls", None
     if path == ("pos_embedding",):
         return "embeddings.position_embedding.weight", "pos", None
-    leaf, module = path[-1], "/".join(path[1:-1] if path[0] == "encoder" else path[:-1])
+    leaf = path[-1]
     if leaf not in _LEAF:
         return None
     if path[0] == "encoder" and len(path) > 2:
@@ -190,10 +191,11 @@ def _plan(path: tuple[str, ...]) -> tuple[str, str, int | None] | None:
         if layer is None or module not in _BLOCK:
             return None
         name = f"encoder.layers.{{i}}.{_BLOCK[module]}.{_LEAF[leaf]}"
-    elif module in _TOP:
-        layer, name = None, f"{_TOP[module]}.{_LEAF[leaf]}"
     else:
-        return None
+        module = "/".join(path[:-1])
+        if module not in _TOP:
+            return None
+        layer, name = None, f"{_TOP[module]}.{_LEAF[leaf]}"
     if leaf != "kernel":
         layout = "flat" if module in ("attn/q_proj", "attn/k_proj", "attn/v_proj") else "same"
     elif module == "embedding":

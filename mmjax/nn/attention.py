@@ -17,6 +17,10 @@ Mask semantics (kept explicit because `dot_product_attention` ANDs `mask` with `
 - with a cache: the new keys are written at slots [index, index + T) and queries attend over all S_max
   slots. Slots not yet written are always masked; `is_causal` means slot s <= index + t; a given `mask`
   must have S_max columns and is ANDed with both.
+A query row with every key masked has backend-dependent output (XLA: uniform weights, cuDNN: differs); keep
+such rows out of losses, or let pads attend to themselves as mmjax.models.generate does.
+cuDNN and XLA were checked to agree within bf16 tolerance on an H100 (jax 0.11.2) for omni masks, is_causal,
+padding + is_causal, batch-broadcast masks and no mask, forward and backward.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | 
     impl = select_backend(backend, q.dtype, q.shape[-1], q.shape[1], k.shape[1], mask is not None)
     if impl == "cudnn" and mask is not None:
         # cuDNN turns the mask into a bias that must span the full (T, S); only B and heads may broadcast.
-        mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
                                         implementation=impl)
 

@@ -2,8 +2,10 @@
 with transformers' CLIPVisionModel / CLIPModel / SiglipVisionModel on every hidden state."""
 
 import json
+import re
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -19,7 +21,7 @@ from mmjax.convert.hf_clip import (
     param_shapes,
 )
 from mmjax.convert.safetensors_io import save_safetensors
-from mmjax.models.vit import ViT
+from mmjax.models.vit import ViT, clip_vit_l14
 
 SMALL = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=28,
              patch_size=7)
@@ -65,6 +67,9 @@ def test_config_from_hf():
     with pytest.raises(ValueError, match="siglip2_vision_model"):
         clip_vit_config_from_hf({"model_type": "siglip2_vision_model"})
     check_vit_matches_hf_config(ViT(**clip), CLIP_CFG)
+    l14_336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                   num_attention_heads=16, patch_size=14, image_size=336)  # LLaVA-1.5's tower
+    check_vit_matches_hf_config(clip_vit_l14(336), {"vision_config": l14_336})
     with pytest.raises(ValueError, match="act: model has 'gelu'"):
         check_vit_matches_hf_config(ViT(**(clip | dict(act="gelu"))), CLIP_CFG)
 
@@ -79,6 +84,11 @@ def test_round_trip_unrolled_and_scanned(config):
     _assert_trees_equal(back, params)
     assert report.prefix == "" and not report.skipped and set(report.consumed) == set(tensors)
     scanned, _ = convert_hf_vision_tensors(tensors, model.clone(scan=True))
+    bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}  # many released towers are bf16
+    from_bf16, _ = convert_hf_vision_tensors(bf16, model)
+    rounded = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), params)
+    _assert_trees_equal(from_bf16, rounded)
+    assert from_bf16["embedding"]["kernel"].dtype == np.float32
     _assert_trees_equal(scanned, _stack_blocks(params, 2))
     assert export_hf_vision_tensors(scanned).keys() == tensors.keys()
 
@@ -96,7 +106,7 @@ def test_prefixes_and_report():
     skipped = {k for keys in report.skipped.values() for k in keys}
     assert skipped == set(extras)
     assert any("text tower" in reason for reason in report.skipped)
-    with pytest.raises(ValueError, match="not consumed:\n    foo.bar"):
+    with pytest.raises(ValueError, match=re.escape("not consumed:\n    foo.bar")):
         convert_hf_vision_tensors({**full, "foo.bar": np.ones(1)}, model)
 
     nested = "model.vision_tower.vision_model."  # LLaVA (transformers v5 layout)
@@ -106,7 +116,7 @@ def test_prefixes_and_report():
     _assert_trees_equal(back, params)
     assert report.prefix == nested and len(report.consumed) == len(tower)
     assert sum(len(k) for k in report.skipped.values()) == 3
-    with pytest.raises(ValueError, match="model.multi_modal_projector.linear_1.weight"):
+    with pytest.raises(ValueError, match=re.escape("model.multi_modal_projector.linear_1.weight")):
         convert_hf_vision_tensors(llava, model, allow_outside_keys=False)
     back, _ = convert_hf_vision_tensors(llava, model, prefix=nested)
     _assert_trees_equal(back, params)
@@ -119,16 +129,16 @@ def test_errors_name_the_key(tmp_path):
     tensors = export_hf_vision_tensors(_random_params(model), "vision_model.")
     missing = dict(tensors)
     del missing["vision_model.encoder.layers.1.mlp.fc2.bias"]
-    with pytest.raises(ValueError, match=r"1 expected tensors missing:\n    vision_model.encoder.layers.1.mlp.fc2.bias"):
+    with pytest.raises(ValueError, match=re.escape("missing:\n    vision_model.encoder.layers.1.mlp.fc2.bias")):
         convert_hf_vision_tensors(missing, model)
     bad = dict(tensors, **{"vision_model.encoder.layers.0.self_attn.q_proj.weight": np.zeros((32, 16))})
     with pytest.raises(ValueError, match=r"q_proj.weight: expected \(32, 32\), found \(32, 16\)"):
         convert_hf_vision_tensors(bad, model)
-    with pytest.raises(ValueError, match="position_embedding.weight: expected"):  # wrong image size
+    with pytest.raises(ValueError, match=re.escape("position_embedding.weight: expected")):  # wrong image size
         convert_hf_vision_tensors(tensors, model, image_size=42)
-    with pytest.raises(ValueError, match="(?s)no HF CLIP/SigLIP counterpart.*head/kernel"):
+    with pytest.raises(ValueError, match=r"(?s)no HF CLIP/SigLIP counterpart.*head/kernel"):
         convert_hf_vision_tensors(tensors, model.clone(num_classes=3))
-    with pytest.raises(ValueError, match="not consumed:\n    vision_model.encoder.layers.1.layer_norm1.bias"):
+    with pytest.raises(ValueError, match=re.escape("consumed:\n    vision_model.encoder.layers.1.layer_norm1.bias")):
         convert_hf_vision_tensors(tensors, model.clone(depth=1))  # a shallower model needs truncate=True
     short, report = convert_hf_vision_tensors(tensors, model.clone(depth=1), truncate=True)
     assert set(short["encoder"]) == {"block_0"} and len(next(iter(report.skipped.values()))) == 16
@@ -221,3 +231,31 @@ def test_siglip_parity(tmp_path):
     last_diff = float(np.abs(np.asarray(tokens) - ref.last_hidden_state.numpy()).max())
     print(f"SigLIP: hidden states max|diff| {hidden_diff:.2e}, last_hidden_state {last_diff:.2e}")
     assert hidden_diff <= ATOL and last_diff <= ATOL
+
+
+@pytest.mark.parity
+def test_llava_checkpoint_tower_parity(tmp_path):
+    """The tower nested in a real LlavaForConditionalGeneration save (transformers v5 writes `vision_tower.`,
+    Hub llava-hf files `vision_tower.vision_model.`), loaded from the LLaVA config.json, truncated to the layer
+    LLaVA reads (hidden_states[-2])."""
+    torch = _torch_setup()
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    text = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=2)
+    hf = LlavaForConditionalGeneration(LlavaConfig(vision_config=CLIPVisionConfig(**SMALL), text_config=text,
+                                                   image_token_index=96)).eval()
+    _perturb(torch, hf)
+    hf.save_pretrained(tmp_path)
+    model, params, report = load_hf_vision_tower(tmp_path, depth=1, truncate=True)
+    outside = {k for reason, keys in report.skipped.items() if "outside" in reason for k in keys}
+    assert any(k.startswith("multi_modal_projector.") for k in outside) and len(report.consumed) == 23
+    images = _images(2)
+    with torch.no_grad():
+        ref = hf.model.vision_tower(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                                    output_hidden_states=True)
+    _, extras = model.apply({"params": params}, images)
+    diff = float(np.abs(np.asarray(extras["hidden_states"][-1]) - ref.hidden_states[-2].numpy()).max())
+    print(f"LLaVA tower ({report.prefix!r}, truncated): hidden_states[-2] max|diff| {diff:.2e}")
+    assert diff <= ATOL

@@ -1,0 +1,246 @@
+"""Show-o: one transformer for text (next-token prediction) and images (masked-token diffusion), and its sampling.
+
+The network is the decoder LM of `mmjax.models.lm` (Phi-1.5 with QK LayerNorm for the released 1.3B model) whose
+vocabulary is extended by Show-o's special tokens, one id per image code and a mask token (`ShowoVocab`: 58498 ids
+for the release). What makes it "unified" is not the network but the attention mask, built from the token ids
+(`mmjax.nn.masks.showo_mask`): text is causal, an image span attends to itself fully. So one forward pass scores
+text with next-token logits and masked image positions with their own logits (MTP: no shift).
+
+The optional "Show-o with CLIP-ViT" variant understands images from continuous CLIP ViT-L/14 features (576 per
+336px image, second-to-last layer, class token dropped) through `mm_projector` (Linear(1024, 2048) - GELU -
+Linear(2048, 2048)); the frozen CLIP tower itself is not part of this module (build it with
+`mmjax.models.vit.clip_vit_l14` and keep its weights frozen, like the image tokenizer).
+
+Generation, all jit-compiled with fixed shapes:
+- `t2i_generate`: MaskGIT decoding (`mmjax.diffusion.maskgit.decode`) with classifier-free guidance as ONE forward
+  per step over 2B rows [cond; uncond]; `inpaint` and `extrapolate` are the same decoder on a partly known canvas.
+- `mmu_generate`: answers with the KV cache (`mmjax.models.generate`); the bidirectional image prefix is part of
+  the prefill mask, so the outputs equal the reference's re-run-everything loop, batched.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.diffusion import maskgit
+from mmjax.models import showo_layout as layout
+from mmjax.models.generate import GenerateOutput, generate
+from mmjax.models.lm import LM, LMConfig, get_config
+from mmjax.models.showo_layout import ShowoVocab
+from mmjax.nn import masks
+from mmjax.nn.attention import KVCache
+from mmjax.nn.layers import Dense
+
+Array = jax.Array
+
+
+def showo_lm_config(vocab: ShowoVocab | None = None, preset: str = "phi-1.5", **overrides: Any) -> LMConfig:
+    """The LM of a Show-o model: `preset` with QK LayerNorm and the vocabulary size `vocab` derives."""
+    vocab = vocab or ShowoVocab()
+    return get_config(preset, **{"qk_norm": "layernorm", **overrides, "vocab_size": vocab.vocab_size})
+
+
+class MlpProjector(nn.Module):
+    """Show-o-with-CLIP's `mm_projector`: Linear(in, out) - exact GELU - Linear(out, out)."""
+
+    out_features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.out_features, (None, "mlp"), name="fc1", **kw)(x)
+        return Dense(self.out_features, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(h, approximate=False))
+
+
+class Showo(nn.Module):
+    """The unified transformer. Params: `lm` (embed_tokens, layers, final_norm, lm_head) [+ `mm_projector`].
+
+    `cfg` is the LM's config (its vocab_size must be `vocab.vocab_size`); the name `cfg` and the call signature
+    match `mmjax.models.lm.LM`, so `mmjax.models.generate.generate` drives this module directly.
+    """
+
+    cfg: LMConfig
+    vocab: ShowoVocab = ShowoVocab()
+    w_clip_vit: bool = False
+    clip_hidden_size: int = 1024
+
+    def setup(self):
+        if self.cfg.vocab_size != self.vocab.vocab_size:
+            raise ValueError(f"Showo: LM vocab_size {self.cfg.vocab_size} != ShowoVocab.vocab_size "
+                             f"{self.vocab.vocab_size} (text {self.vocab.text_vocab_size} + "
+                             f"{len(self.vocab.special_tokens)} specials + {self.vocab.codebook_size} codes + mask)")
+        self.lm = LM(self.cfg)
+        if self.w_clip_vit:
+            self.mm_projector = MlpProjector(self.cfg.hidden_size, dtype=jnp.dtype(self.cfg.dtype),
+                                             param_dtype=jnp.dtype(self.cfg.param_dtype))
+
+    def attention_mask(self, ids: Array) -> Array:
+        """The omni-attention mask of any mix of T2I / LM / MMU rows, from the ids (True = may attend)."""
+        v = self.vocab
+        return masks.showo_mask(ids, pad_id=v.pad_id, soi_id=v.soi_id, eoi_id=v.eoi_id, mmu_id=v.mmu_id)
+
+    def embed(self, ids: Array) -> Array:
+        return self.lm.embed(ids)
+
+    def project_features(self, features: Array) -> Array:
+        """CLIP features (B, F, clip_hidden_size) -> LM embeddings (B, F, hidden)."""
+        if not self.w_clip_vit:
+            raise ValueError("this Showo has no mm_projector (w_clip_vit=False)")
+        return self.mm_projector(features)
+
+    def __call__(self, ids: Array | None = None, *, positions: Array | None = None, mask: Array | None = None,
+                 is_causal: bool = False, cache: KVCache | None = None,
+                 embeds: Array | None = None) -> Array | tuple[Array, KVCache]:
+        """Float32 logits (B, T, vocab). Without `mask` (and without a cache) the Show-o mask is built from `ids`;
+        a given mask is used as is (ANDed with causal when `is_causal`), which is what generation passes."""
+        if mask is None and cache is None and ids is not None:
+            mask, is_causal = self.attention_mask(ids), False
+        if self.w_clip_vit and self.is_initializing():
+            self.project_features(jnp.zeros((1, 1, self.clip_hidden_size), jnp.dtype(self.cfg.dtype)))
+        return self.lm(ids, positions=positions, mask=mask, is_causal=is_causal, cache=cache, embeds=embeds)
+
+
+def splice_features(embeds: Array, features: Array, slots: Array) -> Array:
+    """Puts features (B, F, E) in order into the positions where `slots` (B, T) is True (F per row)."""
+    index = jnp.clip(jnp.cumsum(slots, axis=1) - 1, 0, features.shape[1] - 1)
+    placed = jnp.take_along_axis(features, index[..., None], axis=1).astype(embeds.dtype)
+    return jnp.where(slots[..., None], placed, embeds)
+
+
+# ------------------------------------------------------------------------------------------------ T2I sampling
+def _code_space(ids: Array, vocab: ShowoVocab) -> Array:
+    """Vocabulary image ids (mask id allowed) -> codes, with the mask as code `codebook_size` (MaskGIT's mask)."""
+    return jnp.where(ids == vocab.mask_id, vocab.codebook_size, ids - vocab.image_offset).astype(jnp.int32)
+
+
+def _token_space(codes: Array, vocab: ShowoVocab) -> Array:
+    return jnp.where(codes >= vocab.codebook_size, vocab.mask_id, codes + vocab.image_offset).astype(jnp.int32)
+
+
+def t2i_logits_fn(model: Showo, params: Any, cond_prefix: Array, uncond_prefix: Array) -> maskgit.LogitsFn:
+    """The closure MaskGIT decoding calls: codes (rows, N) -> code logits (rows, N, K).
+
+    Rows are placed after the S+1-token prefixes as `<|soi|> img <|eoi|>`; with B rows every row takes its
+    conditional prefix, with 2B rows ([cur; cur], guidance on) the second half takes the unconditional one, so
+    cond and uncond run in one forward. The image positions' logits are cut to the K code columns.
+    """
+    vocab = model.vocab
+    batch, s1 = cond_prefix.shape
+
+    def logits_fn(codes: Array) -> Array:
+        rows, n = codes.shape
+        prefix = cond_prefix if rows == batch else jnp.concatenate([cond_prefix, uncond_prefix], axis=0)
+        tok = lambda t: jnp.full((rows, 1), t, jnp.int32)
+        ids = jnp.concatenate([prefix, tok(vocab.soi_id), _token_space(codes, vocab), tok(vocab.eoi_id)], axis=1)
+        logits = model.apply({"params": params}, ids)
+        start = vocab.image_offset
+        return logits[:, s1 + 1:s1 + 1 + n, start:start + vocab.codebook_size]
+
+    return logits_fn
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_text_len", "num_steps", "guidance_scale", "temperature",
+                                             "schedule"))
+def t2i_generate(model: Showo, params: Any, text_ids: Array, text_len: Array, canvas: Array, rng: Array, *,
+                 max_text_len: int, num_steps: int = 18, guidance_scale: float = 0.0, temperature: float = 1.0,
+                 schedule: str = "cosine") -> maskgit.Decoded:
+    """Image codes for prompts by MaskGIT decoding; known canvas tokens (inpainting) are kept.
+
+    text_ids (B, Lt) / text_len (B,): tokenized prompts (no bos/eos); canvas (B, N) codes with
+    `vocab.codebook_size` at unknown positions (`blank_canvas`). Returns `Decoded(tokens (B, N) codes,
+    num_masked (B, num_steps))`. Prompt layout, CFG prompt and schedule follow showo.md (guidance
+    `(1+w) c - w u`, float32 cosine schedule, compounding Gumbel temperature).
+    """
+    vocab = model.vocab
+    params = nn.unbox(params)
+    dummy = jnp.zeros((canvas.shape[0], 0), jnp.int32)
+    cond, _ = layout.t2i_layout(text_ids, text_len, dummy, vocab, max_text_len)
+    uncond = layout.t2i_uncond_layout(dummy, vocab, max_text_len)
+    cond, uncond = cond[:, :max_text_len + 1], uncond[:, :max_text_len + 1]  # drop the soi/eoi around no image
+    fn = t2i_logits_fn(model, params, cond, uncond)
+    return maskgit.decode(fn, canvas.astype(jnp.int32), mask_id=vocab.codebook_size, num_steps=num_steps, rng=rng,
+                          guidance_scale=guidance_scale, temperature=temperature, schedule=schedule, rule="showo")
+
+
+def blank_canvas(batch: int, num_image_tokens: int, vocab: ShowoVocab) -> Array:
+    """An all-unknown canvas in code space (every position = `codebook_size`)."""
+    return jnp.full((batch, num_image_tokens), vocab.codebook_size, jnp.int32)
+
+
+def inpaint(model: Showo, params: Any, text_ids: Array, text_len: Array, codes: Array, token_mask: Array,
+            rng: Array, *, max_text_len: int, **kw: Any) -> Array:
+    """Repaints the tokens where `token_mask` (B, N) is True, keeping every other code of `codes` (B, N)."""
+    canvas = jnp.where(token_mask, model.vocab.codebook_size, codes)
+    return t2i_generate(model, params, text_ids, text_len, canvas, rng, max_text_len=max_text_len, **kw).tokens
+
+
+def extrapolate(model: Showo, params: Any, text_ids: Array, text_len: Array, codes: Array, direction: str,
+                rng: Array, *, max_text_len: int, offset: int = 0, **kw: Any) -> Array:
+    """Grows a (B, h, w) code grid by w//2 + offset columns (or rows) towards `direction`; originals are kept."""
+    vocab = model.vocab
+    canvas_ids = layout.extrapolation_canvas(vocab.image_token(codes), direction, vocab, offset)
+    canvas = _code_space(canvas_ids, vocab)
+    new = t2i_generate(model, params, text_ids, text_len, canvas, rng, max_text_len=max_text_len, **kw).tokens
+    return layout.extrapolation_stitch(new, codes, direction, offset)
+
+
+# ------------------------------------------------------------------------------------------------ MMU answers
+def mmu_prompt(image_codes: Array, question_ids: Array, question_len: Array, vocab: ShowoVocab
+               ) -> tuple[Array, Array, Array]:
+    """(prompt ids, valid, prefill mask) of `<|mmu|><|soi|> img <|eoi|> <bos> question`, left-padded."""
+    prompt = layout.mmu_prompt_layout(vocab.image_token(image_codes), question_ids, question_len, vocab)
+    valid = prompt != vocab.pad_id
+    prefill = masks.showo_mmu_mask(prompt, eoi_id=vocab.eoi_id, pad_id=vocab.pad_id)
+    return prompt, valid, prefill
+
+
+_mmu_prompt = jax.jit(mmu_prompt, static_argnums=3)
+
+
+def mmu_generate(model: Showo, params: Any, image_codes: Array, question_ids: Array, question_len: Array, *,
+                 max_new_tokens: int, stop_tokens: tuple[int, ...] = (), temperature: float = 0.0,
+                 rng: Array | None = None) -> GenerateOutput:
+    """Answers (B, max_new_tokens) to questions about tokenized images, greedy by default, with the KV cache.
+
+    question_ids hold the tokens of `mmu_question_text(q)` (see showo_layout) for Show-o's inference format.
+    The image prefix attends bidirectionally inside the prefill; pads (left) are hidden from every real token.
+    """
+    vocab = model.vocab
+    prompt, valid, prefill = _mmu_prompt(image_codes, question_ids, question_len, vocab)
+    return generate(model, params, prompt, prompt_valid=valid, prefill_mask=prefill, max_new_tokens=max_new_tokens,
+                    stop_tokens=stop_tokens or (vocab.eos_id,), pad_id=vocab.pad_id, temperature=temperature,
+                    rng=rng)
+
+
+def clip_features(vision_tower: nn.Module, variables: Any, pixels: Array) -> Array:
+    """CLIP patch features for the projector: the second-to-last layer's hidden states without the class token
+    (LLaVA's and Show-o's `select_layer=-2`, `select_feature='patch'`), computed by the frozen tower."""
+    _, extras = vision_tower.apply(variables, pixels)
+    return jax.lax.stop_gradient(extras["hidden_states"][-2][:, 1:])
+
+
+def clip_mmu_inputs(model: Showo, params: Any, features: Array, system_ids: Array, question_ids: Array
+                    ) -> tuple[Array, Array, Array]:
+    """(ids, embeds, prefill mask) of Show-o-with-CLIP's prompt `<|mmu|> system <|soi|> feats <|eoi|> question`.
+
+    features (B, F, clip_hidden) are the frozen CLIP tower's (second-to-last layer, no class token); every key
+    before `<|eoi|>` is visible to every row (the reference's `create_attention_mask_for_mmu_vit`), the rest is
+    causal. Feed both to `generate(model, params, ids, prompt_embeds=embeds, prefill_mask=mask)`.
+    """
+    vocab = model.vocab
+    b, f = features.shape[:2]
+    tok = lambda t, n=1: jnp.full((b, n), t, jnp.int32)
+    ids = jnp.concatenate([tok(vocab.mmu_id), system_ids, tok(vocab.soi_id), tok(vocab.pad_id, f),
+                           tok(vocab.eoi_id), question_ids], axis=1)
+    slots = jnp.zeros(ids.shape, bool).at[:, system_ids.shape[1] + 2:system_ids.shape[1] + 2 + f].set(True)
+    variables = {"params": nn.unbox(params)}
+    embeds = model.apply(variables, ids, method=Showo.embed)
+    embeds = splice_features(embeds, model.apply(variables, features, method=Showo.project_features), slots)
+    return ids, embeds, masks.prefix_lm_mask(jnp.full((b,), system_ids.shape[1] + 2 + f), ids.shape[1])
