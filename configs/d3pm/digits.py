@@ -17,9 +17,9 @@ from mmjax.train.defaults import trainer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=2000, labels=0)
-    c = trainer_config(task="d3pm", batch_size=128, total_steps=arg.steps, log_every=100,
-                       checkpoint_every=1000, eval_every=0, ema_decay=0.999)
+    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=2500, labels=0)
+    c = trainer_config(task="d3pm", batch_size=64, total_steps=arg.steps, log_every=100,
+                       checkpoint_every=1000, eval_every=0, ema_decay=0.0)
     c.num_levels = arg.levels
     c.grid = (8, 8)
     c.label_dropout = 0.1 if arg.labels else 0.0
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kind=arg.kind, num_steps=64,
         schedule="",                  # "": D3PM's default per kind (absorbing: mutual_info, uniform: cosine)
         hybrid_coeff=0.01))
-    c.model = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, num_labels=arg.labels,
+    c.model = ml_collections.ConfigDict(dict(width=64, depth=4, num_heads=4, mlp_dim=256, num_labels=arg.labels,
                                              time_mode="add", posemb="learned", dropout=0.0))
     c.sample = ml_collections.ConfigDict(dict(
         sampler=arg.sampler, num_samples=256, seed=0, temperature=1.0,

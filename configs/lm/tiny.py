@@ -18,7 +18,7 @@ from mmjax.train.tasks.lm import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, steps=300, preset="tiny-llama")
+    arg = parse_arg(arg, steps=150, preset="tiny-llama")
     c = trainer_config(task="lm", batch_size=4, total_steps=arg.steps, log_every=25, eval_every=0,
                        checkpoint_every=1000)
     c.update(default_config())

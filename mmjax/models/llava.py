@@ -76,7 +76,7 @@ class LlavaConfig:
     def __post_init__(self):
         projector_depth(self.projector)
         depth = self.vision_dict["depth"]
-        if not -depth - 1 <= self.feature_layer <= depth or self.feature_layer == 0:
+        if not -depth <= self.feature_layer <= depth or self.feature_layer == 0:
             raise ValueError(f"LlavaConfig: feature_layer {self.feature_layer} is not a block output of a "
                              f"{depth}-block tower")
         if self.drop_cls and self.vision_dict.get("pool_type") != "tok":

@@ -22,6 +22,7 @@ import numpy as np
 
 from mmjax.nn.attention import Attention, KVCache
 from mmjax.nn.layers import Dense, Mlp, constrain, norm, partitioned
+from mmjax.nn.scan import REMAT_POLICIES, maybe_remat
 
 FAMILIES = ("llama", "phi", "qwen2")
 
@@ -136,17 +137,6 @@ def get_config(name: str, **overrides: Any) -> LMConfig:
     return LMConfig.from_dict({**PRESETS[name], **overrides})
 
 
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,  # no rematerialisation at all
-    "full": None,  # recompute everything in the backward pass (save only the block inputs)
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "qkv_attention_out": jax.checkpoint_policies.save_only_these_names(
-        "query_proj", "key_proj", "value_proj", "attention_out"),
-    "everything": jax.checkpoint_policies.everything_saveable,
-}
-
-
 def init_cache(cfg: LMConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """Empty KV cache for all layers: k, v (layers, batch, max_len, kv_heads, head_dim), index 0."""
     return KVCache.zeros(batch, max_len, cfg.kv_heads, cfg.dim_per_head, dtype or jnp.dtype(cfg.dtype),
@@ -187,11 +177,8 @@ class DecoderBlock(nn.Module):
 
 
 def _block_class(cfg: LMConfig) -> type[nn.Module]:
-    if cfg.remat_policy == "none":
-        return DecoderBlock
     # static_argnums counts `self` as 0: is_causal (argument 4) selects a code path, so it must stay static.
-    return nn.remat(DecoderBlock, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers,
-                    static_argnums=(4,))
+    return maybe_remat(DecoderBlock, cfg.remat_policy, static_argnums=(4,), prevent_cse=not cfg.scan_layers)
 
 
 class LM(nn.Module):

@@ -85,7 +85,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Returns the output and every layer's output stacked (depth, B, N, D) for feature selection."""
-        block_cls = maybe_remat(EncoderBlock, self.remat_policy, static_argnums=(2,))
+        block_cls = maybe_remat(EncoderBlock, self.remat_policy, static_argnums=(2,), prevent_cse=not self.scan)
         if self.scan:
             x, hidden = scanned(block_cls, self.depth, in_axes=(nn.broadcast,))(**self.block, name="layers")(
                 x, train)

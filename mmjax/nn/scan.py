@@ -14,25 +14,28 @@ import flax.linen as nn
 import jax
 
 REMAT_POLICIES: dict[str, Callable | None] = {
-    "full": None,  # save nothing, recompute everything in the backward pass
+    "none": None,  # no rematerialisation at all
+    "full": None,  # recompute everything in the backward pass (save only the block inputs)
     "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # names tagged with `checkpoint_name` in mmjax.nn.attention
+    "qkv_attention_out": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out"),
+    "everything": jax.checkpoint_policies.everything_saveable,
 }
 
 
-def remat_policy(name: str) -> Callable | None:
-    if name not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {name!r}; known: none, {sorted(REMAT_POLICIES)}")
-    return REMAT_POLICIES[name]
+def maybe_remat(block: type[nn.Module], policy: str, *, static_argnums: tuple[int, ...] = (),
+                prevent_cse: bool = True) -> type[nn.Module]:
+    """The block class wrapped in `nn.remat` with a named policy, or unchanged for 'none'.
 
-
-def maybe_remat(block: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
-    """The block class wrapped in `nn.remat` unless the policy is 'none'."""
+    `static_argnums` counts `self` as 0. Under `nn.scan`, pass prevent_cse=False (scan already prevents CSE).
+    """
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; known: {sorted(REMAT_POLICIES)}")
     if policy == "none":
         return block
-    return nn.remat(block, policy=remat_policy(policy), prevent_cse=False, static_argnums=static_argnums)
+    return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse, static_argnums=static_argnums)
 
 
 def scanned(block: type[nn.Module], length: int, *, in_axes: Any = (), out_axes: int = 0) -> type[nn.Module]:

@@ -1,0 +1,290 @@
+"""LLaVA data: the JSON + image-folder source, and one sample -> fixed-shape model arrays.
+
+Source. LLaVA's data files (`blip_laion_cc_sbu_558k.json`, `llava_v1_5_mix665k.json`, ...) are JSON lists of
+`{"id", "image"?: "rel/path.jpg" | [paths], "conversations": [{"from", "value"}, ...]}` with the images under
+one folder. `LlavaJsonSource` indexes the file (cheap) and returns records with resolved image paths; images are
+decoded in the pipeline's preprocessing, where a missing file (`MissingImageError`), an undecodable one
+(`ImageDecodeError`), a placeholder/image count mismatch (`ImageCountError`) or a sample that keeps no
+supervised token after truncation (`NoSupervisedTokensError`) is skipped and counted under that name by
+`mmjax.data.pipeline` (never lost silently, never a crash). Malformed records come back as None and are counted
+as undecodable.
+
+Sample. `LlavaProcessor` turns (conversation, images) into the arrays `mmjax.models.llava.Llava` takes: labels
+built turn by turn (`mmjax.data.conversation`), each `<image>` expanded to exactly the number of tokens its token
+map realises (`mmjax.models.llava_packing`, counts from `images.anyres_token_layout`), the uint8 tiles in
+(slots, tiles) order, and the per-position gather map. Training samples are right-padded to `max_len`;
+generation prompts are left-padded per batch by `collate_prompts`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mmjax.data import images as im
+from mmjax.data.conversation import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    build_prompt,
+    move_image_first,
+    tokenize_conversation,
+)
+from mmjax.data.text import Tokenizer
+from mmjax.models.llava_packing import TokenMap, anyres_map, base_map, place_maps, video_map
+
+log = logging.getLogger(__name__)
+IMAGE_MODES = ("llava1", "pad", "squash", "anyres")
+
+
+class MissingImageError(im.ImageDecodeError):
+    """A record names an image file that does not exist."""
+
+
+class ImageCountError(ValueError):
+    """A record's `<image>` placeholders do not match its images (or exceed the model's image slots)."""
+
+
+class NoSupervisedTokensError(ValueError):
+    """A sample keeps no supervised token (e.g. its answer was truncated away): it would teach nothing."""
+
+
+class LlavaJsonSource:
+    """Random access over a LLaVA JSON file; records {"id", "conversations", "image_paths": [str, ...]}."""
+
+    def __init__(self, json_path: str | os.PathLike, image_folder: str | os.PathLike = ""):
+        self.json_path, self.image_folder = os.fspath(json_path), os.fspath(image_folder)
+        try:
+            with open(self.json_path, encoding="utf-8") as f:
+                self.records = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read LLaVA JSON {self.json_path!r}: {e}") from e
+        if not isinstance(self.records, list):
+            raise ValueError(f"{self.json_path}: expected a JSON list of records, got {type(self.records).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        r = self.records[index]
+        conv = r.get("conversations") if isinstance(r, dict) else None
+        image = r.get("image", []) if isinstance(r, dict) else None
+        paths = [image] if isinstance(image, str) else image
+        if not isinstance(conv, list) or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            log.warning("%s: record %d is malformed (needs 'conversations' and optional 'image'); skipped",
+                        self.json_path, index)
+            return None
+        return {"id": str(r.get("id", index)), "conversations": conv,
+                "image_paths": [os.path.join(self.image_folder, p) for p in paths]}
+
+
+def load_images(record: Mapping[str, Any]) -> list[np.ndarray]:
+    """Decodes a source record's images; MissingImageError / ImageDecodeError name the file and record."""
+    out = []
+    for path in record.get("image_paths", []):
+        if not os.path.isfile(path):
+            raise MissingImageError(f"record {record.get('id')!r}: image file {path!r} does not exist")
+        out.append(im.decode_image(path, name=f"{path} (record {record.get('id')!r})"))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """How images become tiles and tokens (the model-side counterpart is the token map).
+
+    mode: llava1 (short side + centre crop), pad (LLaVA-1.5: mean-colour square), squash (plain resize),
+    anyres (base view + tiles on the best of `pinpoints`, (w, h)). `anyres_max`: OneVision's anyres_max_N
+    (0 = off). `multi_image`: "same" treats each image of a multi-image sample like a single one; "base" keeps
+    only its base view + newline (OneVision). `max_tiles` 0 = enough for the largest pinpoint. `taps`: gather
+    taps per token (4 when bilinear resizing happens: anyres_max, video).
+    """
+
+    mode: str = "pad"
+    size: int = 336
+    patch_size: int = 14
+    pinpoints: tuple[tuple[int, int], ...] = ()
+    anyres_max: int = 0
+    newline: bool = False
+    multi_image: str = "same"
+    max_images: int = 1
+    max_tiles: int = 0
+    taps: int = 1
+
+    def __post_init__(self):
+        if self.mode not in IMAGE_MODES:
+            raise ValueError(f"image mode {self.mode!r} not in {IMAGE_MODES}")
+        if self.mode == "anyres" and not self.pinpoints:
+            raise ValueError("image mode 'anyres' needs pinpoints")
+        if self.multi_image not in ("same", "base"):
+            raise ValueError(f"multi_image {self.multi_image!r} not in ('same', 'base')")
+        if self.size % self.patch_size:
+            raise ValueError(f"image size {self.size} is not a multiple of the patch size {self.patch_size}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ImageConfig:
+        d = dict(d)
+        if isinstance(d.get("pinpoints"), str):
+            d["pinpoints"] = im.grid_pinpoints(d["pinpoints"], d.get("size", 336))
+        d["pinpoints"] = tuple((int(w), int(h)) for w, h in d.get("pinpoints", ()))
+        return cls(**d)
+
+    @property
+    def side(self) -> int:
+        return self.size // self.patch_size
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per image slot."""
+        if self.max_tiles:
+            return self.max_tiles
+        if self.mode != "anyres":
+            return 1
+        return 1 + max((w // self.size) * (h // self.size) for w, h in self.pinpoints)
+
+    def layout(self, width: int, height: int) -> im.AnyResLayout:
+        return im.anyres_token_layout((width, height), self.pinpoints, self.size, self.patch_size,
+                                      max_tiles=self.anyres_max or None, newline=self.newline)
+
+
+def process_media(item: np.ndarray, cfg: ImageConfig, alone: bool = True) -> tuple[np.ndarray, TokenMap]:
+    """One image (H, W, 3) or video (F, H, W, 3), uint8 -> (tiles (n, size, size, 3), its token map)."""
+    item = np.asarray(item)
+    if item.ndim == 4:  # video frames: squash each frame to the tile size, 2x2 bilinear pooling in the model
+        frames = np.stack([im.resize(f, cfg.size, cfg.size) for f in item])
+        return frames, video_map(len(frames), cfg.side, newline=True)
+    if cfg.mode == "anyres" and alone:
+        layout = cfg.layout(item.shape[1], item.shape[0])
+        return im.anyres_tiles(item, cfg.pinpoints, cfg.size), anyres_map(layout)
+    if cfg.mode == "llava1":
+        tile = im.llava1_image(item, cfg.size)
+    elif cfg.mode == "pad":
+        tile = im.llava15_image(item, cfg.size)
+    else:
+        tile = im.resize(item, cfg.size, cfg.size)
+    return tile[None], base_map(cfg.side, newline=cfg.newline and not alone)
+
+
+class LlavaProcessor:
+    """(conversation, images) -> model arrays; see the module docstring."""
+
+    def __init__(self, image_cfg: ImageConfig, tokenizer: Tokenizer, template: str, max_len: int,
+                 image_token_id: int, *, image_first: bool = False):
+        self.cfg, self.tokenizer, self.template = image_cfg, tokenizer, template
+        self.max_len, self.image_token_id, self.image_first = max_len, image_token_id, image_first
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+    # -- media -------------------------------------------------------------------------------------------------
+    def media(self, items: Sequence[np.ndarray]) -> tuple[np.ndarray, list[TokenMap]]:
+        """Tiles of all images in slot order (max_images, tiles, size, size, 3) uint8, and their token maps."""
+        cfg = self.cfg
+        if len(items) > cfg.max_images:
+            raise ImageCountError(f"{len(items)} images but the model has {cfg.max_images} image slots")
+        pixels = np.zeros((cfg.max_images, cfg.tiles, cfg.size, cfg.size, 3), np.uint8)
+        alone = cfg.multi_image == "same" or len(items) == 1
+        maps = []
+        for slot, item in enumerate(items):
+            tiles, tmap = process_media(item, cfg, alone)
+            if len(tiles) > cfg.tiles:
+                raise ImageCountError(f"image {slot} needs {len(tiles)} tiles, the config allows {cfg.tiles}")
+            pixels[slot, : len(tiles)] = tiles
+            maps.append(tmap)
+        return pixels, maps
+
+    def _expand(self, ids: np.ndarray, labels: np.ndarray, maps: list[TokenMap]):
+        """Each image id -> its map's token count; returns ids, labels, spans (start, slot, map)."""
+        where = np.flatnonzero(ids == self.image_token_id)
+        if len(where) != len(maps):
+            raise ImageCountError(f"{len(where)} {IMAGE_PLACEHOLDER} placeholders but {len(maps)} images")
+        out_ids, out_labels, spans, pos, prev = [], [], [], 0, 0
+        for slot, (at, tmap) in enumerate(zip(where, maps)):
+            out_ids.append(ids[prev:at])
+            out_labels.append(labels[prev:at])
+            pos += at - prev
+            spans.append((pos, slot, tmap))
+            out_ids.append(np.full(tmap.num_tokens, self.image_token_id, np.int32))
+            out_labels.append(np.full(tmap.num_tokens, IGNORE_INDEX, np.int32))
+            pos += tmap.num_tokens
+            prev = at + 1
+        out_ids.append(ids[prev:])
+        out_labels.append(labels[prev:])
+        return np.concatenate(out_ids).astype(np.int32), np.concatenate(out_labels).astype(np.int32), spans
+
+    def _conversation(self, conv: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return move_image_first(conv) if self.image_first else list(conv)
+
+    # -- training samples ----------------------------------------------------------------------------------------
+    def training_example(self, conv: Sequence[Mapping[str, Any]], items: Sequence[np.ndarray]
+                         ) -> dict[str, np.ndarray]:
+        """Right-padded (max_len) ids, labels, mask, pixels, image_index, image_weight, num_images."""
+        pixels, maps = self.media(items)
+        tok = tokenize_conversation(self._conversation(conv), self.template, self.tokenizer, 1 << 30,
+                                    self.image_token_id)
+        ids, labels, spans = self._expand(tok.input_ids, tok.labels, maps)
+        cut = min(len(ids), self.max_len)
+        for start, _, tmap in spans:  # never cut through an image: drop it (and what follows) whole
+            if start < cut < start + tmap.num_tokens:
+                cut = start
+        spans = [s for s in spans if s[0] + s[2].num_tokens <= cut]
+        if not np.any(labels[:cut] != IGNORE_INDEX):
+            raise NoSupervisedTokensError(f"no supervised token left within max_len={self.max_len} "
+                                          f"(sequence of {len(ids)} positions)")
+        n = self.max_len
+        out_ids = np.full(n, self.pad_id, np.int32)
+        out_labels = np.full(n, IGNORE_INDEX, np.int32)
+        out_ids[:cut], out_labels[:cut] = ids[:cut], labels[:cut]
+        index, weight = self._maps(n, spans)
+        return {"ids": out_ids, "labels": out_labels, "mask": np.arange(n) < cut, "pixels": pixels,
+                "image_index": index, "image_weight": weight, "num_images": np.int32(len(spans))}
+
+    def _maps(self, length: int, spans: list[tuple[int, int, TokenMap]]) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        return place_maps(length, spans, tiles_per_slot=cfg.tiles, patches_per_tile=cfg.side ** 2,
+                          max_images=cfg.max_images, taps=cfg.taps)
+
+    def example_shapes(self) -> dict[str, np.ndarray]:
+        """Zeros of a training sample's shapes and dtypes (for abstract init)."""
+        cfg, n = self.cfg, self.max_len
+        return {"ids": np.zeros(n, np.int32), "labels": np.zeros(n, np.int32), "mask": np.zeros(n, bool),
+                "pixels": np.zeros((cfg.max_images, cfg.tiles, cfg.size, cfg.size, 3), np.uint8),
+                "image_index": np.zeros((n, cfg.taps), np.int32),
+                "image_weight": np.zeros((n, cfg.taps), np.float32), "num_images": np.int32(0)}
+
+    # -- generation prompts ------------------------------------------------------------------------------------
+    def prompt_example(self, conv: str | Sequence[Mapping[str, Any]], items: Sequence[np.ndarray]
+                       ) -> dict[str, Any]:
+        """An unpadded inference prompt: ids ending with the assistant prefix, its pixels and image spans."""
+        if isinstance(conv, str):
+            conv = [{"from": "human", "value": conv}]
+        pixels, maps = self.media(items)
+        ids = build_prompt(self._conversation(conv), self.template, self.tokenizer, self.image_token_id)
+        ids, _, spans = self._expand(ids, np.zeros_like(ids), maps)
+        return {"ids": ids, "pixels": pixels, "spans": spans}
+
+
+def collate_prompts(examples: Sequence[Mapping[str, Any]], processor: LlavaProcessor, *, bucket: int = 64,
+                    batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Left-pads prompts to a common length (rounded up to `bucket`, to bound recompilation) and fills the batch
+    up to `batch_size` with copies of the last prompt (`valid` = 0)."""
+    n = len(examples)
+    batch_size = batch_size or n
+    examples = list(examples) + [examples[-1]] * (batch_size - n)
+    length = bucket * math.ceil(max(len(e["ids"]) for e in examples) / bucket)
+    ids = np.full((batch_size, length), processor.pad_id, np.int32)
+    prompt_valid = np.zeros((batch_size, length), bool)
+    index, weight = [], []
+    for row, e in enumerate(examples):
+        shift = length - len(e["ids"])
+        ids[row, shift:] = e["ids"]
+        prompt_valid[row, shift:] = True
+        i, w = processor._maps(length, [(s + shift, slot, m) for s, slot, m in e["spans"]])
+        index.append(i)
+        weight.append(w)
+    return {"ids": ids, "prompt_valid": prompt_valid, "pixels": np.stack([e["pixels"] for e in examples]),
+            "image_index": np.stack(index), "image_weight": np.stack(weight),
+            "valid": (np.arange(batch_size) < n).astype(np.float32)}

@@ -1,0 +1,282 @@
+"""Show-o's input side: the frozen image tokenizer, the text tokenizer and vocabulary, and mixed T2I/LM/MMU bundles.
+
+A Show-o step trains on three sub-batches at once, in the order [t2i; lm; mmu], with per-device sizes set by the
+recipe (15/4/10 in pre-training stage 1). The trainer batches ONE source, so the unit here is a *bundle*: one
+record of the bundle source holds `mix.t2i` T2I examples, `mix.lm` text examples and `mix.mmu` MMU examples,
+drawn (with replacement, from the record's own seeded generator, so resumption is exact) from three separate
+sources. `config.batch_size` counts bundles; with one bundle per device the step sees exactly the reference's
+per-GPU mix. Examples are fixed-size numpy arrays (token ids padded, plus lengths); sequence layouts, masking,
+condition dropout and attention masks are built from them inside the jitted step (mmjax.models.showo_layout).
+
+Images reach the step either as pixels (tokenized on device by the frozen tokenizer held in `model_state`) or,
+with `tokenizer.pretokenize=True`, as codes computed once at task start for the whole (small) source: the
+fastest path for the tiny CPU configs, where re-encoding the same few thousand images every step would cost
+more than the transformer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mmjax import configlib
+from mmjax.data import images as image_ops
+from mmjax.data.conversation import IGNORE_INDEX, move_image_first, tokenize_conversation
+from mmjax.data.sources import make_source
+from mmjax.data.text import Tokenizer, make_tokenizer
+from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab, mmu_question_text
+from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
+
+log = logging.getLogger(__name__)
+PARTS = ("t2i", "lm", "mmu")
+MMU_FORMATS = ("qa", "caption", "conversation")
+PART_FIELDS = ("source", "text_field", "class_names", "format")
+
+
+# ----------------------------------------------------------------------------------------- image tokenizer
+def tokenizer_config(cfg: ml_collections.ConfigDict) -> tuple[VQConfig, str]:
+    """The tokenizer's VQConfig and which params to load: a tokenizer run's `config.json` (`model` section,
+    EMA params when that run kept them) or `config.tokenizer.model` for converted released weights."""
+    if cfg.workdir:
+        path = os.path.join(cfg.workdir, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.tokenizer.workdir={cfg.workdir!r} has no config.json (train one with "
+                                    "python -m mmjax.train --config configs/vq/tiny.py --workdir ...)")
+        with open(path) as f:
+            run = json.load(f)
+        return VQConfig.from_dict(run["model"]), "ema_params" if run.get("ema_decay") else "params"
+    fields = configlib.to_dict(cfg.model) if "model" in cfg else {}
+    return (VQConfig.from_dict(fields) if fields else VQConfig()), "params"
+
+
+def load_tokenizer_variables(cfg: ml_collections.ConfigDict, vq_config: VQConfig, key: str) -> dict[str, Any]:
+    """The frozen tokenizer's variables as numpy ({"params": ...} [+ "vq_stats"]): from a tokenizer run's newest
+    checkpoint, or from Show-o's released MAGVIT-v2 weights converted to safetensors."""
+    if cfg.workdir:
+        from mmjax.train.checkpoint import load_params
+
+        params = jax.tree.map(np.asarray, load_params(cfg.workdir, key=key))
+        variables = {"params": {k: v for k, v in params.items() if k != "discriminator"}}
+        if vq_config.quantizer == "vq":
+            variables["vq_stats"] = jax.tree.map(np.asarray, load_params(cfg.workdir, key="model_state")["vq_stats"])
+        return variables
+    if cfg.converted:
+        from mmjax.convert.magvitv2 import load_magvitv2
+
+        return {"params": load_magvitv2(cfg.converted, vq_config)}
+    raise configlib.ConfigError("config.tokenizer: set workdir (a tokenizer run) or converted (released weights)")
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+def text_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
+    """The text tokenizer of `config.text` (byte-level needs no file; Phi-1.5's is an HF tokenizer.json)."""
+    return make_tokenizer(cfg.kind, cfg.path or None, bos=cfg.bos or None, eos=cfg.eos or None)
+
+
+def make_vocab(cfg: ml_collections.ConfigDict, codebook_size: int, tokenizer: Tokenizer | None) -> ShowoVocab:
+    """Show-o's id layout. Text size / bos / eos are the config's when set (the Phi-1.5 configs state 50295 /
+    50256 so no file is read to build the model), else the text tokenizer's."""
+    def pick(value: int, fallback: Any, name: str) -> int:
+        if value >= 0:
+            return int(value)
+        if tokenizer is None:
+            raise configlib.ConfigError(f"config.vocab.{name} is unset and no text tokenizer was given")
+        return int(fallback())
+    return ShowoVocab(text_vocab_size=pick(cfg.text_vocab_size, lambda: tokenizer.vocab_size, "text_vocab_size"),
+                      special_tokens=tuple(cfg.special_tokens or SHOWO_SPECIAL_TOKENS),
+                      codebook_size=int(cfg.codebook_size or codebook_size),
+                      bos_id=pick(cfg.bos_id, lambda: tokenizer.bos_id, "bos_id"),
+                      eos_id=pick(cfg.eos_id, lambda: tokenizer.eos_id, "eos_id"))
+
+
+# ------------------------------------------------------------------------------------------------- examples
+def pad_ids(ids: list[int] | np.ndarray, width: int, fill: int = 0) -> np.ndarray:
+    out = np.full((width,), fill, np.int32)
+    ids = np.asarray(ids, np.int32)[:width]
+    out[: len(ids)] = ids
+    return out
+
+
+def load_image(value: Any, size: int, where: str) -> np.ndarray:
+    """An image record field (array, encoded bytes or a path) -> float32 (size, size, 3) in [-1, 1]: bicubic
+    shortest edge to `size` and a centre crop, as the reference's transform."""
+    image = value if isinstance(value, np.ndarray) else image_ops.decode_image(value, name=where)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    image = image[..., :3]
+    if image.shape[:2] != (size, size):
+        image = image_ops.center_crop(image_ops.resize_shortest_edge(image, size, method="bicubic"), size, size)
+    return image.astype(np.float32) / 127.5 - 1.0
+
+
+class ExampleBuilder:
+    """Turns one record of a part's source into that part's fixed-size arrays (text ids padded with 0 plus a
+    length; images as pixels). Which record field holds the text is the part config's `text_field`."""
+
+    def __init__(self, parts: Mapping[str, Any], tokenizer: Tokenizer, vocab: ShowoVocab, max_text_len: int,
+                 seq_len: int, image_size: int):
+        self.parts, self.tok, self.vocab = parts, tokenizer, vocab
+        self.s, self.seq_len, self.image_size = max_text_len, seq_len, image_size
+        self._class_names: dict[str, list[str]] = {}
+
+    def _caption(self, part: str, record: Mapping[str, Any]) -> str:
+        cfg = self.parts[part]
+        field = cfg.get("text_field") or "caption"
+        if field in record:
+            text = record[field]
+            return text.decode() if isinstance(text, bytes) else str(text)
+        if "label" in record and cfg.get("class_names"):  # ImageNet: the class name is the prompt
+            names = self._names(cfg["class_names"])
+            return names[int(record["label"])]
+        raise KeyError(f"{part} record has no {field!r} field (has {sorted(record)})")
+
+    def _names(self, path: str) -> list[str]:
+        if path not in self._class_names:
+            with open(path) as f:
+                self._class_names[path] = [line.strip().split(",")[0] for line in f if line.strip()]
+        return self._class_names[path]
+
+    def t2i(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        ids = self.tok.encode(self._caption("t2i", record))
+        return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
+                "image": load_image(record["image"], self.image_size, "t2i image")}
+
+    def lm(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        ids = self.tok.encode(self._caption("lm", record))
+        return {"text": pad_ids(ids, self.seq_len), "text_len": np.int32(min(len(ids), self.seq_len))}
+
+    def mmu(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """MMU text as (conversation ids, target flags, length), the input of `mmu_instruct_layout`:
+        qa: `<bos> USER: \\n q ASSISTANT: a <eos>`, answer + eos supervised: exactly the reference's MMU inference
+            prompt, so a model trained on it is evaluated on what it saw;
+        caption: `<bos> caption <eos>`, all supervised (caption pre-training; too long: cut, eos kept);
+        conversation: LLaVA JSON turns with the phi1.5 template (instruction tuning), answers supervised."""
+        fmt, v = self.parts["mmu"].get("format") or "qa", self.vocab
+        if fmt == "qa":
+            prompt = [v.bos_id, *self.tok.encode(mmu_question_text(str(record["question"])))]
+            answer = [*self.tok.encode(" " + str(record["answer"])), v.eos_id]
+            ids, target = prompt + answer, [False] * len(prompt) + [True] * len(answer)
+        elif fmt == "caption":
+            text = self.tok.encode(self._caption("mmu", record))[: self.s - 2]
+            ids = [v.bos_id, *text, v.eos_id]
+            target = [True] * len(ids)
+        elif fmt == "conversation":
+            conv = record["conversations"]
+            conv = json.loads(conv) if isinstance(conv, str | bytes) else conv
+            out = tokenize_conversation(move_image_first(conv), "phi1.5", self.tok, self.s, None)
+            if not out.num_supervised:
+                raise ValueError("conversation has no supervised token within max_text_len")
+            ids, target = list(out.input_ids), list(out.labels != IGNORE_INDEX)
+        else:
+            raise configlib.ConfigError(f"config.data.*.mmu.format={fmt!r}; known: {MMU_FORMATS}")
+        n = min(len(ids), self.s)
+        return {"conv": pad_ids(ids, self.s), "target": pad_ids(target, self.s).astype(bool), "conv_len": np.int32(n),
+                "image": load_image(record["image"], self.image_size, "mmu image")}
+
+    def build(self, part: str, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return getattr(self, part)(record)
+
+
+def pretokenize(source: Any, builder: ExampleBuilder, part: str, encode: Any, batch: int = 256,
+                limit: int = 0) -> dict[str, np.ndarray]:
+    """Every example of a (small) source, built once, images replaced by their codes: {field: (n, ...)}."""
+    n = min(len(source), limit) if limit else len(source)
+    if n > 200_000:
+        raise configlib.ConfigError(f"pretokenize is for small sources; {part} has {n} records "
+                                    "(set tokenizer.pretokenize=False to tokenize on device)")
+    columns: dict[str, list[np.ndarray]] = {}
+    for i in range(n):
+        for k, val in builder.build(part, source[i]).items():
+            columns.setdefault(k, []).append(val)
+    out = {k: np.stack(v) for k, v in columns.items() if k != "image"}
+    if "image" in columns:
+        images = columns["image"]
+        codes = [np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
+        out["codes"] = np.concatenate(codes).reshape(n, -1).astype(np.int32)
+    log.info("pretokenized %d %s examples", n, part)
+    return out
+
+
+class BundleSource:
+    """Record i of the bundle source is just {"index": i}; `ShowoBatches.bundle` draws the examples."""
+
+    def __init__(self, length: int):
+        self.length = int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": int(index)}
+
+
+class ShowoBatches:
+    """The sources of one split and the bundle maker: `bundle(i, rng)` -> {"t2i_text": (mix.t2i, S), ...}."""
+
+    def __init__(self, parts: Mapping[str, Any], mix: Mapping[str, int], builder: ExampleBuilder,
+                 encode: Any | None):
+        self.mix = {p: int(mix.get(p, 0)) for p in PARTS}
+        self.builder, self.encode = builder, encode
+        self.sources: dict[str, Any] = {}
+        self.cache: dict[str, dict[str, np.ndarray]] = {}
+        by_key: dict[str, Any] = {}
+        for part in PARTS:
+            if not self.mix[part]:
+                continue
+            if part not in parts:
+                raise configlib.ConfigError(f"mix.{part} > 0 but the split has no {part} data section")
+            configlib.check_known(parts[part], PART_FIELDS, f"data.*.{part}")
+            key = json.dumps(configlib.to_dict(parts[part]["source"]), sort_keys=True)
+            if key not in by_key:  # T2I / LM / MMU often share one source (tiny configs): open it once
+                by_key[key] = make_source(parts[part]["source"])
+            self.sources[part] = by_key[key]
+        if encode is not None:
+            for part in self.sources:
+                self.cache[part] = pretokenize(self.sources[part], builder, part, encode)
+
+    def __len__(self) -> int:
+        return max(len(self.sources[p]) // self.mix[p] for p in self.sources)
+
+    def size(self, part: str) -> int:
+        return len(next(iter(self.cache[part].values()))) if part in self.cache else len(self.sources[part])
+
+    def bundle(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part, source in self.sources.items():
+            count, n = self.mix[part], self.size(part)
+            rows = rng.integers(n, size=count) if rng is not None else (index * count + np.arange(count)) % n
+            if part in self.cache:
+                fields = {k: v[rows] for k, v in self.cache[part].items()}
+            else:
+                examples = [self.builder.build(part, source[int(r)]) for r in rows]
+                fields = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+            out.update({f"{part}_{k}": v for k, v in fields.items()})
+        return out
+
+
+def bundle_spec(mix: Mapping[str, int], s: int, seq_len: int, image_size: int, num_image_tokens: int,
+                pretokenized: bool) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shapes and dtypes of one bundle, without touching any data (abstract init, compile-only checks)."""
+    image = ((num_image_tokens,), np.int32) if pretokenized else ((image_size, image_size, 3), np.float32)
+    image_key = "codes" if pretokenized else "image"
+    fields = {"t2i": {"text": ((s,), np.int32), "text_len": ((), np.int32), image_key: image},
+              "lm": {"text": ((seq_len,), np.int32), "text_len": ((), np.int32)},
+              "mmu": {"conv": ((s,), np.int32), "target": ((s,), np.bool_), "conv_len": ((), np.int32),
+                      image_key: image}}
+    return {f"{p}_{k}": ((int(mix[p]), *shape), dtype) for p in PARTS if mix.get(p, 0)
+            for k, (shape, dtype) in fields[p].items()}
+
+
+def encoder_fn(vq_model: VQModel, variables: Any):
+    """A host-callable images -> codes (B, h, w) for pretokenization and evaluation."""
+    return lambda images: encode_to_ids(vq_model, variables, images)
