@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval = ml_collections.ConfigDict(dict(
         t2i=part(1, 256, text_field="caption"), lm=part(1, 256, text_field="caption"),
         mmu=part(1, 256, format="qa")))
-    c.init = ml_collections.ConfigDict(dict(lm="", showo=""))
+    c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
     c.eval = ml_collections.ConfigDict(dict(num_t2i=48, num_mmu=96, t2i_steps=8, guidance_scale=2.0,
                                             temperature=1.0, max_new_tokens=10, loss_batches=2, batch=48, seed=0))
     c.optim.update(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.01, warmup_steps=100, schedule="cosine",

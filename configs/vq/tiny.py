@@ -4,6 +4,7 @@ Command:   python -m mmjax.train --config configs/vq/tiny.py --workdir runs/vq_t
 Variants:  configs/vq/tiny.py:tokens=4          4x4 ids (factor 8), for the Show-o tiny demo
            configs/vq/tiny.py:tokens=8,bits=10  8x8 ids, 2^10 codes
            configs/vq/tiny.py:steps=3000,ch=32
+           configs/vq/tiny.py:size=16,tokens=4,ch=8   (the test suite's 16x16 version)
 Token grid and codebook (what a Show-o config must use):
            tokens=8 (default): ids (8, 8) per 32x32 image, factor 4, codebook 2^bits = 2^6 = 64 codes (MSB first)
            tokens=4:           ids (4, 4) per 32x32 image, factor 8, codebook 2^bits (bits defaults to 6 too)
@@ -36,14 +37,14 @@ def tokenizer_model(tokens: int, bits: int, ch: int, image_size: int = 32) -> ml
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, tokens=8, bits=6, ch=16, steps=1500, batch=32)
+    arg = parse_arg(arg, tokens=8, bits=6, ch=16, steps=1500, batch=32, size=32)
     c = trainer_config(task="vq", batch_size=arg.batch, total_steps=arg.steps, log_every=100,
                        checkpoint_every=arg.steps, eval_every=0, eval_batch_size=128, ema_decay=0.99)
-    c.image_size = 32
+    c.image_size = arg.size
     c.augment = ml_collections.ConfigDict(dict(flip=False, random_crop=False))
-    c.data.train = ml_collections.ConfigDict(dict(name="shapes", resolution=32, num_records=20_000, seed=0))
-    c.data.eval = ml_collections.ConfigDict(dict(name="shapes", resolution=32, num_records=1024, seed=1))
-    c.model = tokenizer_model(arg.tokens, arg.bits, arg.ch)
+    c.data.train = ml_collections.ConfigDict(dict(name="shapes", resolution=arg.size, num_records=20_000, seed=0))
+    c.data.eval = ml_collections.ConfigDict(dict(name="shapes", resolution=arg.size, num_records=1024, seed=1))
+    c.model = tokenizer_model(arg.tokens, arg.bits, arg.ch, arg.size)
     c.loss = ml_collections.ConfigDict(dict(
         l1_weight=1.0, l2_weight=1.0,
         perceptual_weight=0.0, lpips_path="",      # off: needs local LPIPS weights (no download)

@@ -74,9 +74,11 @@ def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, num_rows: int, p
     """Greedy first-fit packing of tokenized documents into `num_rows` rows of `seq_len` slots.
 
     Each document is cut into chunks of at most `seq_len` slots; each chunk goes into the first row with room
-    for it, longest chunks first (first-fit decreasing: the short ones then fill the gaps, which keeps both
-    padding and overflow low) or in the given order. Chunks that fit nowhere are counted in
-    `stats.overflow_tokens`.
+    for it. With `decreasing` (the default) chunks are placed first-fit decreasing (short ones fill the gaps
+    the long ones leave, which keeps padding and overflow low), with every document's first chunk before any
+    continuation chunk: when a group has more tokens than slots, the tails of long documents are cut (like
+    truncation) rather than whole short documents. Otherwise chunks go in the given order. Chunks that fit
+    nowhere are counted in `stats.overflow_tokens`.
     """
     if seq_len < 1 or num_rows < 1:
         raise ValueError(f"packing needs seq_len >= 1 and num_rows >= 1, got {seq_len}, {num_rows}")
@@ -99,8 +101,8 @@ def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, num_rows: int, p
         n = doc.size - 1
         stats.split_documents += int(n > seq_len)
         chunks += [(index, doc, start, min(seq_len, n - start)) for start in range(0, n, seq_len)]
-    if decreasing:
-        chunks.sort(key=lambda c: -c[3])  # stable: equal sizes keep the caller's (shuffled) order
+    if decreasing:  # stable sort: equal keys keep the caller's (shuffled) order
+        chunks.sort(key=lambda c: (c[2] > 0, -c[3]))
     for index, doc, start, size in chunks:
         row = next((r for r in range(num_rows) if used[r] + size <= seq_len), None)
         if row is None:

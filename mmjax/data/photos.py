@@ -34,7 +34,7 @@ EVAL_PHOTOS = ("chelsea", "rocket", "camera", "brick")
 SPLITS = {"train": TRAIN_PHOTOS, "eval": EVAL_PHOTOS, "test": EVAL_PHOTOS}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_photo(name: str) -> np.ndarray:
     """One skimage photo as uint8 RGB (H, W, 3); cached per process."""
     try:
@@ -56,7 +56,7 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scaled(name: str, scale: float) -> np.ndarray:
     image = load_photo(name)
     if scale == 1.0:

@@ -21,11 +21,20 @@ Preprocess = Callable[[dict[str, Any], np.random.Generator | None], dict[str, np
 
 
 class SkipCounter:
-    """Counts skipped records by reason; shared by the pipeline's transforms (thread-safe)."""
+    """Counts skipped records by reason; shared by the pipeline's transforms (thread-safe).
+
+    With `data_workers > 0` each grain worker process counts (and logs) its own skips in its own copy.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:
+        return {"counts": dict(self.counts)}
+
+    def __setstate__(self, state: dict) -> None:
+        self._lock, self.counts = threading.Lock(), state["counts"]
 
     def add(self, reason: str) -> None:
         with self._lock:
@@ -89,6 +98,10 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
     it = it.batch(local_batch_size(global_batch_size), drop_remainder=True)
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; mmjax's CLI does not use absl
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it
 

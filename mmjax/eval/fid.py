@@ -2,8 +2,8 @@
 
 FID(r, g) = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between Gaussians fitted to 2048-d pool
 features of real and generated (or reconstructed: "rFID") images. The matrix square root is scipy's `sqrtm`,
-in float64; a singular product (non-finite or inaccurate root) gets `eps` added to both diagonals, and a numerically complex root
-(tiny imaginary parts) is replaced by its real part, refused if the imaginary part is not tiny.
+in float64; a singular product (non-finite or inaccurate root) gets `eps` added to both diagonals, and a
+numerically complex root (tiny imaginary parts) is replaced by its real part, refused if that part is not tiny.
 
 The feature extractor is the "FID Inception" (the TF 2015-12-05 graph that every published FID uses, as ported
 in the pytorch-fid package): torchvision's Inception-v3 layout with average pools that exclude padding in

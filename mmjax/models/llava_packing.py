@@ -52,12 +52,18 @@ class TokenMap:
 
 
 def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(i0, i1, w0, w1) per output index of a 1-D bilinear resize, as torch's align_corners=False."""
-    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    """(i0, i1, w0, w1) per output index of a 1-D bilinear resize, as torch's align_corners=False.
+
+    Computed in float32 like PyTorch's CPU kernel (scale = in / out, src = scale * (dst + 0.5) - 0.5 clamped at
+    0, lambda = src - floor(src)), so the weights are the very numbers the reference multiplies by.
+    """
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = src - i0
-    return i0, i1, 1.0 - w1, w1
+    w1 = np.clip(src - i0.astype(f32), f32(0), f32(1))
+    return i0, i1, f32(1) - w1, w1
 
 
 def _resize_grid(grid: np.ndarray, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

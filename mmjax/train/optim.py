@@ -75,7 +75,9 @@ def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule, decay_mask: Any) -
 def make_optimizer(cfg: ml_collections.ConfigDict, param_paths: Sequence[str], total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the full gradient transformation; `param_paths` (every parameter's path) validates the regexes."""
-    lr = schedule(cfg, total_steps)
+    accum = int(cfg.get("grad_accum", 1))
+    # The inner optimizer updates once per `accum` micro-steps: its schedule spans the number of real updates.
+    lr = schedule(cfg, max(1, total_steps // accum))
     no_decay = tuple(cfg.get("no_decay", DEFAULT_NO_DECAY))
     decay_mask = path_labels(lambda p: not _matches(p, no_decay))
     frozen = tuple(cfg.get("frozen", ()))
@@ -105,8 +107,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, param_paths: Sequence[str], t
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(optax.multi_transform(groups, labels) if used != {"default"} else groups["default"])
     tx = optax.chain(*parts)
-    if cfg.get("grad_accum", 1) > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum))
+    if accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accum)
+        return tx, lambda step: lr(step // accum)  # the trainer counts micro-steps
     return tx, lr
 
 

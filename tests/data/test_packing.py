@@ -137,3 +137,11 @@ def test_shapes_captions_match_the_shapes_source():
     assert [captions[i] for i in range(5)] == [source[i]["caption"] for i in range(5)]
     with pytest.raises(DataError, match="unknown text source"):
         make_document_source(dict(name="nope"))
+
+
+def test_overflow_cuts_long_document_tails_before_short_documents():
+    docs = [list(range(70)), [1, 2, 3], [4, 5, 6, 7]]           # 69 slots = 32 + 32 + 5; then 2 + 3 slots
+    packed = pack_documents(docs, seq_len=32, num_rows=2)
+    kept = {int(d) for d in np.unique(packed.document) if d >= 0}
+    assert kept == {0, 1, 2}, "both short documents are packed"
+    assert packed.stats.overflow_tokens == 69 + 2 + 3 - packed.stats.tokens > 0

@@ -48,7 +48,7 @@ def test_task_pieces_on_untrained_model(arg):
                  "sample.num_samples=12", "sample.maskgit_steps=4", "sample.guidance_scale=1.0")
     task = make_task(load(arg, *overrides))
     batch = {k: jnp.asarray(v) for k, v in task.example_batch(6).items()}
-    params = strip_boxes(task.init(jax.random.PRNGKey(0), batch))["params"]
+    params = strip_boxes(jax.jit(task.init)(jax.random.PRNGKey(0), batch))["params"]
     loss, (metrics, _) = jax.jit(task.loss_fn)(params, {}, batch, jax.random.PRNGKey(1))
     # A zero-initialised head predicts uniform x0: the CE is log K on every token the model must predict.
     assert np.isfinite(float(loss)) and float(metrics["ce"]) <= np.log(task.levels) + 1e-5

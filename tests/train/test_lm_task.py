@@ -137,6 +137,17 @@ def test_jsonl_corpus_with_bad_lines_and_hf_tokenizer(tmp_path):
     assert counts["unigram_entropy"] > 0
 
 
+def test_phi15_config_builds_the_released_architecture():
+    # the byte tokenizer stands in for Phi-1.5's tokenizer.json (not in the repo); the vocabulary stays 51200
+    config = configlib.apply_overrides(configlib.load_config_file(os.path.join(REPO, "configs/lm/phi15_refinedweb.py")),
+                                       ["tokenizer.kind=byte", "tokenizer.path="])
+    task = LMTask(config)
+    assert task.lm_config == get_config("phi-1.5", dtype="bfloat16", remat_policy="full")
+    shapes = jax.eval_shape(lambda: task.model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 1_418_270_720
+    assert config.batch_size * config.packing.rows == 2048 and config.packing.seq_len == 2048
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(configlib.ConfigError, match="vocab_size"):
         LMTask(tiny_config("model.vocab_size=100"))

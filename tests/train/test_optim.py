@@ -81,3 +81,9 @@ def test_schedule_warmup_then_cosine_to_zero():
     sched = optim.schedule(optim.default_config(lr=1.0, warmup_steps=10, schedule="cosine"), 110)
     assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6 and abs(float(sched(110))) < 1e-6
     assert 0.45 < float(sched(60)) < 0.55
+
+
+def test_gradient_accumulation_schedule_spans_real_updates():
+    cfg = optim.default_config(lr=1.0, warmup_steps=0, schedule="linear", grad_accum=4)
+    _, lr = optim.make_optimizer(cfg, paths(params()), total_steps=400)
+    assert float(lr(0)) == 1.0 and abs(float(lr(200)) - 0.5) < 1e-6 and abs(float(lr(399))) < 0.01

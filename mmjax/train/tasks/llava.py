@@ -81,10 +81,11 @@ class LlavaTask(Task):
         if self.config.text.shapes_task == "caption":
             return [{"from": "human", "value": IMAGE_PLACEHOLDER if images else ""},
                     {"from": "gpt", "value": record["caption"]}], images
-        return [{"from": "human", "value": prefix + self._question(record["question"])},
+        return [{"from": "human", "value": prefix + self.format_question(record["question"])},
                 {"from": "gpt", "value": record["answer"]}], images
 
-    def _question(self, question: str) -> str:
+    def format_question(self, question: str) -> str:
+        """A shapes question as the run trains on it (with `text.answer_prompt` when set)."""
         suffix = self.config.text.answer_prompt
         return f"{question}\n{suffix}" if suffix else question
 

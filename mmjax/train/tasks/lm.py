@@ -57,12 +57,13 @@ def tokenizer_from_config(cfg: ml_collections.ConfigDict) -> Tokenizer:
 
 
 def lm_config_from(model: ml_collections.ConfigDict | dict, vocab_size: int) -> LMConfig:
-    """`config.model` = {preset, any LMConfig field}; vocab_size 0 takes the tokenizer's vocabulary size."""
+    """`config.model` = {preset, any LMConfig field}. Without vocab_size the preset's stands (Phi-1.5's 51200
+    rows hold its 50295-id tokenizer); vocab_size 0 takes the tokenizer's size exactly (tiny byte models)."""
     fields = dict(model)
     preset = fields.pop("preset", None)
     if not preset:
         raise configlib.ConfigError("config.model.preset is required (a name in mmjax.models.lm.PRESETS)")
-    if not fields.get("vocab_size"):
+    if fields.get("vocab_size") == 0:
         fields["vocab_size"] = vocab_size
     cfg = get_config(preset, **fields)
     if cfg.vocab_size < vocab_size:
@@ -72,6 +73,8 @@ def lm_config_from(model: ml_collections.ConfigDict | dict, vocab_size: int) -> 
 
 
 class LMTask(Task):
+    """Next-token pre-training on packed text; `config.task = "lm"` (sections: see `default_config`)."""
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         configlib.check_known(config.packing, PACKING_FIELDS, "packing")

@@ -69,6 +69,22 @@ def _ce(logits: jax.Array, labels: jax.Array, smoothing: float) -> tuple[jax.Arr
     return jnp.sum(nll * valid), jnp.sum(correct * valid), jnp.sum(valid).astype(jnp.float32)
 
 
+def mtp_sums(logits: jax.Array, labels: jax.Array, max_text_len: int, vocab: layout.ShowoVocab,
+             smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """MTP sums of T2I rows: CE from `<|soi|>` (index S+1) on, NO shift; the labels are -100 except at masked image
+    positions and soi/eoi. Also the argmax hits on masked image tokens alone (`t2i_correct` / `t2i_masked`)."""
+    lg, lab = logits[:, max_text_len + 1:], labels[:, max_text_len + 1:]
+    nll, _, count = _ce(lg, lab, smoothing)
+    _, correct, masked = _ce(lg, jnp.where(vocab.is_image_token(lab), lab, vocab.ignore_id), 0.0)
+    return {"t2i_nll": nll, "t2i_count": count, "t2i_correct": correct, "t2i_masked": masked}
+
+
+def ntp_sums(logits: jax.Array, labels: jax.Array, part: str, smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """NTP sums: `logits[:, :-1]` against `labels[:, 1:]`."""
+    nll, correct, count = _ce(logits[:, :-1], labels[:, 1:], smoothing)
+    return {f"{part}_nll": nll, f"{part}_correct": correct, f"{part}_count": count}
+
+
 class ShowoTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -145,6 +161,12 @@ class ShowoTask(Task):
             from mmjax.convert.showo import load_showo_params
 
             out["params"] = load_showo_params(init.showo, self.lm_config, w_clip_vit=bool(self.config.model.w_clip_vit))
+        elif init.run:
+            from mmjax.train.checkpoint import load_params
+
+            with open(os.path.join(init.run, "config.json")) as f:
+                key = "ema_params" if json.load(f).get("ema_decay") else "params"
+            out["params"] = jax.tree.map(np.asarray, load_params(init.run, key=key))
         elif init.lm:
             from mmjax.convert.showo import phi_to_showo_params
 
@@ -202,14 +224,10 @@ class ShowoTask(Task):
                 continue
             lg, lab = logits[start:start + sizes[part]], labels[start:start + sizes[part]]
             start += sizes[part]
-            if part == "t2i":  # MTP: no shift, from <|soi|> on
-                lg, lab = lg[:, self.s + 1:], lab[:, self.s + 1:]
-                out["t2i_nll"], _, out["t2i_count"] = _ce(lg, lab, smoothing)
-                image_only = jnp.where(self.vocab.is_image_token(lab), lab, self.vocab.ignore_id)
-                _, out["t2i_correct"], out["t2i_masked"] = _ce(lg, image_only, 0.0)
-            else:  # NTP
-                out[f"{part}_nll"], out[f"{part}_correct"], out[f"{part}_count"] = _ce(lg[:, :-1], lab[:, 1:],
-                                                                                       smoothing)
+            if part == "t2i":
+                out.update(mtp_sums(lg, lab, self.s, self.vocab, smoothing))
+            else:
+                out.update(ntp_sums(lg, lab, part, smoothing))
         return out
 
     def loss_fn(self, params, model_state, batch, rng) -> tuple[jax.Array, tuple[Metrics, Any]]:

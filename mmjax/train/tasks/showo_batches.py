@@ -146,10 +146,19 @@ class ExampleBuilder:
                 self._class_names[path] = [line.strip().split(",")[0] for line in f if line.strip()]
         return self._class_names[path]
 
+    def image(self, record: Mapping[str, Any], part: str) -> np.ndarray:
+        """The record's image: `image` (array / bytes / path) or the first of `image_paths` (LLaVA JSON)."""
+        if "image" in record:
+            return load_image(record["image"], self.image_size, f"{part} image")
+        paths = record.get("image_paths") or []
+        if not paths:
+            raise ValueError(f"{part} record {record.get('id', '')!r} has no image (text-only records are skipped)")
+        return load_image(paths[0], self.image_size, paths[0])
+
     def t2i(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         ids = self.tok.encode(self._caption("t2i", record))
         return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
-                "image": load_image(record["image"], self.image_size, "t2i image")}
+                "image": self.image(record, "t2i")}
 
     def lm(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         ids = self.tok.encode(self._caption("lm", record))
@@ -181,16 +190,17 @@ class ExampleBuilder:
             raise configlib.ConfigError(f"config.data.*.mmu.format={fmt!r}; known: {MMU_FORMATS}")
         n = min(len(ids), self.s)
         return {"conv": pad_ids(ids, self.s), "target": pad_ids(target, self.s).astype(bool), "conv_len": np.int32(n),
-                "image": load_image(record["image"], self.image_size, "mmu image")}
+                "image": self.image(record, "mmu")}
 
     def build(self, part: str, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return getattr(self, part)(record)
 
 
 def pretokenize(source: Any, builder: ExampleBuilder, part: str, encode: Any, batch: int = 256,
-                limit: int = 0) -> dict[str, np.ndarray]:
-    """Every example of a (small) source, built once, images replaced by their codes: {field: (n, ...)}."""
-    n = min(len(source), limit) if limit else len(source)
+                codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every example of a (small) source, built once, images replaced by their codes: {field: (n, ...)}.
+    `codes` are the source's codes when another part already encoded the same source."""
+    n = len(source)
     if n > 200_000:
         raise configlib.ConfigError(f"pretokenize is for small sources; {part} has {n} records "
                                     "(set tokenizer.pretokenize=False to tokenize on device)")
@@ -200,9 +210,10 @@ def pretokenize(source: Any, builder: ExampleBuilder, part: str, encode: Any, ba
             columns.setdefault(k, []).append(val)
     out = {k: np.stack(v) for k, v in columns.items() if k != "image"}
     if "image" in columns:
-        images = columns["image"]
-        codes = [np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
-        out["codes"] = np.concatenate(codes).reshape(n, -1).astype(np.int32)
+        if codes is None:
+            images = columns["image"]
+            codes = np.concatenate([np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)])
+        out["codes"] = codes.reshape(n, -1).astype(np.int32)
     log.info("pretokenized %d %s examples", n, part)
     return out
 
@@ -229,6 +240,7 @@ class ShowoBatches:
         self.builder, self.encode = builder, encode
         self.sources: dict[str, Any] = {}
         self.cache: dict[str, dict[str, np.ndarray]] = {}
+        self._keys: dict[str, str] = {}
         by_key: dict[str, Any] = {}
         for part in PARTS:
             if not self.mix[part]:
@@ -238,11 +250,16 @@ class ShowoBatches:
             configlib.check_known(parts[part], PART_FIELDS, f"data.*.{part}")
             key = json.dumps(configlib.to_dict(parts[part]["source"]), sort_keys=True)
             if key not in by_key:  # T2I / LM / MMU often share one source (tiny configs): open it once
-                by_key[key] = make_source(parts[part]["source"])
-            self.sources[part] = by_key[key]
+                by_key[key] = open_source(parts[part]["source"])
+            self.sources[part], self._keys[part] = by_key[key], key
         if encode is not None:
+            codes: dict[str, np.ndarray] = {}
             for part in self.sources:
-                self.cache[part] = pretokenize(self.sources[part], builder, part, encode)
+                self.cache[part] = pretokenize(self.sources[part], builder, part, encode,
+                                               codes=codes.get(self._keys[part]))
+                if "codes" in self.cache[part]:
+                    codes[self._keys[part]] = self.cache[part]["codes"]
+        self.skipped = 0
 
     def __len__(self) -> int:
         return max(len(self.sources[p]) // self.mix[p] for p in self.sources)
@@ -252,16 +269,44 @@ class ShowoBatches:
 
     def bundle(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for part, source in self.sources.items():
+        for part in self.sources:
             count, n = self.mix[part], self.size(part)
             rows = rng.integers(n, size=count) if rng is not None else (index * count + np.arange(count)) % n
             if part in self.cache:
                 fields = {k: v[rows] for k, v in self.cache[part].items()}
             else:
-                examples = [self.builder.build(part, source[int(r)]) for r in rows]
+                examples = [self._example(part, int(r), rng) for r in rows]
                 fields = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
             out.update({f"{part}_{k}": v for k, v in fields.items()})
         return out
+
+
+    def _example(self, part: str, row: int, rng: np.random.Generator | None, tries: int = 16
+                 ) -> dict[str, np.ndarray]:
+        """One example; a bad record (undecodable, text-only for MMU, over-long) is logged, counted in `skipped`
+        and replaced by another draw, so one bad file never drops a whole bundle."""
+        source = self.sources[part]
+        for _ in range(tries):
+            try:
+                record = source[row]
+                if record is None:
+                    raise ValueError("undecodable record")
+                return self.builder.build(part, record)
+            except (ValueError, KeyError, OSError) as e:
+                self.skipped += 1
+                if self.skipped <= 5:
+                    log.warning("skipping %s record %d (%s: %s)", part, row, type(e).__name__, e)
+                row = int(rng.integers(len(source))) if rng is not None else (row + 1) % len(source)
+        raise ValueError(f"{tries} consecutive bad {part} records; last index {row}")
+
+
+def open_source(cfg: Any) -> Any:
+    """`make_source`, plus LLaVA's JSON + image folder (`name="llava_json"`, fields json, images)."""
+    if cfg["name"] == "llava_json":
+        from mmjax.data.llava_data import LlavaJsonSource
+
+        return LlavaJsonSource(cfg["json"], cfg.get("images", ""))
+    return make_source(cfg)
 
 
 def bundle_spec(mix: Mapping[str, int], s: int, seq_len: int, image_size: int, num_image_tokens: int,

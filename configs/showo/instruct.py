@@ -1,0 +1,68 @@
+r"""Show-o 1.3B instruction tuning on LLaVA data (multimodal understanding), stages 1-2 at 256 or 512 px.
+
+Command:   python -m mmjax.train --config configs/showo/instruct.py:stage=1,res=512 --workdir /runs/showo_it1_512 \
+               --config.init.run=/runs/showo_s3_512
+           python -m mmjax.train --config configs/showo/instruct.py:stage=2,res=512 --workdir /runs/showo_it2_512 \
+               --config.init.run=/runs/showo_it1_512
+           (or start from released pre-trained weights converted to safetensors: --config.init.showo=DIR)
+Data:      MMU: LLaVA JSON + image folder (`llava_json`): stage 1 LLaVA-Pretrain-558K (blip_laion_cc_sbu_558k),
+           stage 2 LLaVA-v1.5-mix-665K (text-only records have no image and are skipped and counted); rendered
+           with the phi1.5 template "USER: q ASSISTANT: a<|endoftext|>" after `<|mmu|><|soi|> img <|eoi|>`, only
+           the answers supervised, S = 381 text tokens: rows of L = 640 (256 px) or 1408 (512 px).
+           T2I and LM rows keep stage 3's LAION-aesthetics + JourneyDB pairs and RefinedWeb text (assumption: the
+           recipe table names only the MMU data).
+Recipe:    per-device mix t2i/lm/mmu = 4/2/7 (stage 1, 256 px), 5/2/5 (stage 1, 512 px), 4/2/6 (stage 2, 256 px),
+           5/2/5 (stage 2, 512 px); steps 10k / 14k (stage 1, 256 / 512), 14k / 16k (stage 2); lr 2e-5 (stage 1),
+           5e-5 (stage 2), 1k warmup steps, cosine to 0; otherwise as configs/showo/pretrain.py. One bundle per
+           device: batch_size = the device count (`devices=`, default 32; the reference's count for tuning is
+           not given in showo.md). Released Show-o weights use exactly this layout (mmjax.convert.showo).
+Hardware:  one bundle per GPU, bf16, FSDP within a host, full remat. NOT RUN in mmjax at this scale.
+Expected:  the paper's Show-o (512 px, after stage 2): POPE 80.0, MME 1097.2, Flickr30k 62.5, VQAv2 69.4, GQA 58.0,
+           MMMU 26.7 (Show-o with CLIP-ViT, `model.w_clip_vit`: 84.5 / 1232.9 / 67.6 / 74.7 / 61.0 / 27.4), scored
+           from the answer files with mmjax.eval (vqa, pope, mme).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from mmjax.configlib import ConfigError, parse_arg
+
+_spec = importlib.util.spec_from_file_location("_showo_pretrain", os.path.join(os.path.dirname(__file__),
+                                                                                "pretrain.py"))
+pretrain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pretrain)
+
+RECIPES = {  # (stage, res): mix (t2i, lm, mmu), steps
+    (1, 256): ((4, 2, 7), 10_000), (1, 512): ((5, 2, 5), 14_000),
+    (2, 256): ((4, 2, 6), 14_000), (2, 512): ((5, 2, 5), 16_000),
+}
+LR = {1: 2e-5, 2: 5e-5}
+LLAVA = {1: ("/data/llava/blip_laion_cc_sbu_558k.json", "/data/llava/pretrain_images"),
+         2: ("/data/llava/llava_v1_5_mix665k.json", "/data/llava/finetune_images")}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, stage=1, res=512, devices=32)
+    if (arg.stage, arg.res) not in RECIPES:
+        raise ConfigError(f"stage={arg.stage}, res={arg.res}: instruction tuning has stages 1, 2 at 256 / 512 px")
+    mix, steps = RECIPES[(arg.stage, arg.res)]
+    c = pretrain.base_config(arg.res, 381, mix, steps, LR[arg.stage], 1_000, arg.devices)
+    c.eval_every = 2_000
+    c.checkpoint_every = 1_000
+    c.init.run = f"/runs/showo_s3_{arg.res}" if arg.stage == 1 else f"/runs/showo_it1_{arg.res}"
+    json_path, images = LLAVA[arg.stage]
+    llava = lambda path: ml_collections.ConfigDict(dict(
+        source=ml_collections.ConfigDict(dict(name="llava_json", json=path, images=images)), format="conversation"))
+    t2i = ml_collections.ConfigDict(dict(source=pretrain.arrayrecord(pretrain.T2I_DATA[3]), text_field="caption"))
+    text = ml_collections.ConfigDict(dict(source=pretrain.arrayrecord("/data/refinedweb/train-*.array_record"),
+                                          text_field="text"))
+    c.data.train = ml_collections.ConfigDict(dict(t2i=t2i, lm=text, mmu=llava(json_path)))
+    c.data.eval = ml_collections.ConfigDict(dict(
+        t2i=ml_collections.ConfigDict(dict(source=pretrain.arrayrecord("/data/t2i_eval/*.array_record"),
+                                           text_field="caption")),
+        lm=ml_collections.ConfigDict(dict(source=pretrain.arrayrecord("/data/refinedweb/eval-*.array_record"),
+                                          text_field="text")),
+        mmu=llava("/data/llava/eval_qa.json")))
+    return c

@@ -1,0 +1,112 @@
+r"""Show-o 1.3B pre-training (Phi-1.5 + MAGVIT-v2 tokens), the three stages of the paper, at 256 or 512 px.
+
+Command:   python -m mmjax.train --config configs/showo/pretrain.py:stage=1,res=256 --workdir /runs/showo_s1_256
+           then stage=2 (init from the stage-1 run) and stage=3 (init from stage 2), e.g.
+           python -m mmjax.train --config configs/showo/pretrain.py:stage=2 --workdir /runs/showo_s2_256 \
+               --config.init.run=/runs/showo_s1_256
+Weights:   Phi-1.5 as a HF checkpoint directory (`init.lm`, loaded by mmjax.convert.hf_lm; the 51,200 embedding
+           and lm_head rows are kept, Show-o's special / image / mask rows are new, QK-norms start at w=1, b=0);
+           Show-o's MAGVIT-v2 tokenizer converted to safetensors (`tokenizer.converted`, mmjax.convert.magvitv2),
+           frozen in model_state. Text: Phi-1.5's tokenizer.json (50,295 ids; bos = eos = 50256).
+Data:      stage 1  T2I: ImageNet-1k through tfds (`imagenet2012`, prepared as ArrayRecord), class names as
+                    prompts (`class_names`: one human-readable name per line, label order);
+                    MMU: image-caption pairs (SA-1B / CC12M / LAION-aesthetics-12M captions) in caption format;
+                    LM: RefinedWeb text.
+           stage 2  T2I on the image-caption pairs of SA-1B + CC12M + LAION-aesthetics-12M; MMU and LM as stage 1.
+           stage 3  T2I on LAION-aesthetics-12M + JourneyDB; MMU and LM as stage 1.
+           Image-caption pairs and text are ArrayRecord shards of msgpack records {"image": bytes, "caption": str}
+           and {"text": str} (mmjax.data.records); paths are fields (`--config.data.train.t2i.source.pattern=...`).
+Recipe:    per-device mix t2i/lm/mmu = 15/4/10 (stage 1), 10/4/10 (stages 2, 3); one bundle per device, so
+           batch_size = the device count (48 here: the reference's global batch 48 x 29 = 1392 in stage 1,
+           48 x 24 = 1152 in stage 2). Steps 500k / 1M / 50k; AdamW (0.9, 0.999), wd 0.01, eps 1e-8; lr 1e-4, 1e-4,
+           2e-5 with 5k warmup steps, cosine to 0; loss 1.0 MTP + 0.1 LM + 1.0 MMU; caption dropout 0.1;
+           S = 128 text tokens -> rows of L = 387 (256 px, 16x16 tokens) or 1155 (512 px, 32x32 tokens).
+Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf16 compute, fp32 params, FSDP
+           within a host (mesh fsdp=8), full remat per block. The 256 px stage-1 step is checked to compile on 8
+           CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
+Expected:  the paper's Show-o 1.3B after stage 3: GenEval overall 0.53 (256 px) / 0.68 (512 px: single 0.98,
+           two 0.80, counting 0.66, colors 0.84, position 0.31, color-attr 0.50); MSCOCO-30K FID 9.24 (512 px,
+           with COCO-like fine-tuning data). Stages 1 and 2 have no published numbers; a normal t2i_loss is 4-8.
+           GenEval: sample with `python -m mmjax.sample` into mmjax.eval.geneval's layout, then GenEval's scorer.
+"""
+
+import ml_collections
+
+from mmjax.configlib import ConfigError, parse_arg
+from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS
+from mmjax.train.defaults import trainer_config
+
+STAGES = {  # mix (t2i, lm, mmu) per device, steps, lr
+    1: ((15, 4, 10), 500_000, 1e-4),
+    2: ((10, 4, 10), 1_000_000, 1e-4),
+    3: ((10, 4, 10), 50_000, 2e-5),
+}
+T2I_DATA = {  # one folder of shards per stage's mixture (glob patterns have no {a,b} alternatives)
+    2: "/data/t2i_sa1b_cc12m_laion_aes/*.array_record",
+    3: "/data/t2i_laion_aes_journeydb/*.array_record",
+}
+
+
+def arrayrecord(pattern: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(name="arrayrecord", pattern=pattern))
+
+
+def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: int, lr: float, warmup: int,
+                devices: int) -> ml_collections.ConfigDict:
+    """What every Show-o 1.3B config shares: model, vocabulary, tokenizer, loss, optimizer, mesh."""
+    if res not in (256, 512):
+        raise ConfigError(f"res={res}: Show-o is trained at 256 or 512 px")
+    c = trainer_config(task="showo", batch_size=devices, total_steps=steps, log_every=50, eval_every=10_000,
+                       checkpoint_every=5_000, keep_checkpoints=3, data_workers=8)
+    c.mesh.update(data=-1, fsdp=8, tensor=1)
+    c.model = ml_collections.ConfigDict(dict(preset="phi-1.5", qk_norm="layernorm", dtype="bfloat16",
+                                             param_dtype="float32", scan_layers=True, remat_policy="full",
+                                             attention_backend="auto", w_clip_vit=False))
+    c.text = ml_collections.ConfigDict(dict(kind="hf", path="/models/phi-1_5", bos="<|endoftext|>",
+                                            eos="<|endoftext|>"))
+    c.vocab = ml_collections.ConfigDict(dict(text_vocab_size=50295, bos_id=50256, eos_id=50256, codebook_size=8192,
+                                             special_tokens=SHOWO_SPECIAL_TOKENS))
+    c.tokenizer = ml_collections.ConfigDict(dict(workdir="", converted="/models/magvitv2/model.safetensors",
+                                                 model=ml_collections.ConfigDict(), image_size=res,
+                                                 pretokenize=False))
+    t2i, lm, mmu = mix
+    c.showo = ml_collections.ConfigDict(dict(
+        max_text_len=max_text_len, mix=ml_collections.ConfigDict(dict(t2i=t2i, lm=lm, mmu=mmu)),
+        t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
+        mask_schedule="cosine", label_smoothing=0.0))
+    c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
+    c.eval = ml_collections.ConfigDict(dict(num_t2i=32, num_mmu=0, t2i_steps=12, guidance_scale=1.75,
+                                            temperature=1.0, max_new_tokens=100, loss_batches=4, batch=8, seed=0))
+    c.optim.update(name="adamw", lr=lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, warmup_steps=warmup,
+                   schedule="cosine", end_lr_frac=0.0, clip_norm=1.0)
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, stage=1, res=256, devices=48)
+    if arg.stage not in STAGES:
+        raise ConfigError(f"stage={arg.stage}: pre-training has stages 1, 2, 3")
+    mix, steps, lr = STAGES[arg.stage]
+    c = base_config(arg.res, 128, mix, steps, lr, 5_000, arg.devices)
+    captions = arrayrecord("/data/captions_sa1b_cc12m_laion_aes/*.array_record")
+    text = ml_collections.ConfigDict(dict(source=arrayrecord("/data/refinedweb/train-*.array_record"),
+                                          text_field="text"))
+    mmu = ml_collections.ConfigDict(dict(source=captions, format="caption", text_field="caption"))
+    if arg.stage == 1:
+        c.init.lm = "/models/phi-1_5"
+        imagenet = lambda split: ml_collections.ConfigDict(dict(
+            source=ml_collections.ConfigDict(dict(name="tfds", dataset="imagenet2012", split=split, data_dir="")),
+            text_field="caption", class_names="/data/imagenet/class_names.txt"))
+        t2i, t2i_eval = imagenet("train"), imagenet("validation")
+    else:
+        c.init.run = f"/runs/showo_s{arg.stage - 1}_{arg.res}"
+        t2i = ml_collections.ConfigDict(dict(source=arrayrecord(T2I_DATA[arg.stage]), text_field="caption"))
+        t2i_eval = ml_collections.ConfigDict(dict(source=arrayrecord("/data/t2i_eval/*.array_record"),
+                                                  text_field="caption"))
+    c.data.train = ml_collections.ConfigDict(dict(t2i=t2i, lm=text, mmu=mmu))
+    eval_text = ml_collections.ConfigDict(dict(source=arrayrecord("/data/refinedweb/eval-*.array_record"),
+                                               text_field="text"))
+    eval_mmu = ml_collections.ConfigDict(dict(source=arrayrecord("/data/captions_eval/*.array_record"),
+                                              format="caption", text_field="caption"))
+    c.data.eval = ml_collections.ConfigDict(dict(t2i=t2i_eval, lm=eval_text, mmu=eval_mmu))
+    return c

@@ -1,0 +1,158 @@
+"""Show-o model: the 1.3B parameter count, omni-attention by default, T2I / inpainting / extrapolation sampling
+with batched CFG, and KV-cache MMU answers equal to the reference's re-run-everything loop."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.models import showo as so
+from mmjax.models import showo_layout as sl
+from mmjax.nn import masks
+
+VOCAB = sl.ShowoVocab(text_vocab_size=40, codebook_size=16, bos_id=1, eos_id=2)
+S, N = 8, 9  # text length, 3x3 image tokens
+
+
+@functools.cache
+def _tiny(w_clip_vit=False):
+    cfg = so.showo_lm_config(VOCAB, "tiny-phi", scan_layers=False)
+    model = so.Showo(cfg, VOCAB, w_clip_vit=w_clip_vit, clip_hidden_size=16)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    # Larger weights than the init's make the argmax / samples depend visibly on the inputs.
+    return model, jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, nn.unbox(params))
+
+
+def _prompts():
+    return jnp.array([[5, 6, 7, 0], [9, 10, 0, 0]]), jnp.array([3, 2])
+
+
+def test_showo_13b_parameter_count():
+    """Phi-1.5 (1,418,270,720) + 7,298 new rows of embedding, lm_head and its bias + 24 layers of q/k LayerNorm."""
+    vocab = sl.ShowoVocab()
+    cfg = so.showo_lm_config(vocab)
+    assert cfg.vocab_size == 58498 and cfg.qk_norm == "layernorm"
+    shapes = jax.eval_shape(so.Showo(cfg, vocab).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+    expected = 1_418_270_720 + (58_498 - 51_200) * (2048 + 2048 + 1) + 24 * 2 * 2 * 64
+    assert expected == 1_448_176_770
+    assert count == expected
+    clip = jax.eval_shape(so.Showo(cfg, vocab, w_clip_vit=True).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    extra = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(clip["params"]["mm_projector"])))
+    assert extra == 1024 * 2048 + 2048 + 2048 * 2048 + 2048
+
+
+def test_vocab_size_must_match():
+    with pytest.raises(ValueError, match="vocab_size"):
+        so.Showo(so.showo_lm_config(VOCAB, "tiny-phi").replace(vocab_size=99), VOCAB).init(
+            jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_default_mask_is_showo_omni_attention():
+    model, params = _tiny()
+    text, lens = _prompts()
+    codes = jax.random.randint(jax.random.key(1), (2, N), 0, 16)
+    ids, _ = sl.t2i_layout(text, lens, VOCAB.image_token(codes), VOCAB, S)
+    mask = masks.showo_mask(ids, pad_id=VOCAB.pad_id, soi_id=VOCAB.soi_id, eoi_id=VOCAB.eoi_id, mmu_id=VOCAB.mmu_id)
+    default = model.apply({"params": params}, ids)
+    explicit = model.apply({"params": params}, ids, mask=mask, is_causal=False)
+    causal = model.apply({"params": params}, ids, mask=masks.causal_mask(ids.shape[1]), is_causal=False)
+    assert default.dtype == jnp.float32 and default.shape == (2, S + N + 3, VOCAB.vocab_size)
+    np.testing.assert_allclose(default, explicit, atol=1e-6)
+    assert np.abs(np.asarray(default - causal))[:, S + 1:].max() > 1e-3  # image rows see the whole image
+
+
+def test_cfg_closure_pairs_rows_with_cond_and_uncond_prefixes():
+    model, params = _tiny()
+    text, lens = _prompts()
+    empty = jnp.zeros((2, 0), jnp.int32)
+    cond = sl.t2i_layout(text, lens, empty, VOCAB, S)[0][:, :S + 1]
+    uncond = sl.t2i_uncond_layout(empty, VOCAB, S)[:, :S + 1]
+    fn = so.t2i_logits_fn(model, params, cond, uncond)
+    codes = jnp.array([[3, 16, 5, 16, 16, 0, 1, 2, 16]] * 2)  # 16 = mask in code space
+    both = fn(jnp.concatenate([codes, codes]))
+    assert both.shape == (4, N, 16)
+    np.testing.assert_allclose(both[:2], fn(codes), atol=1e-5)
+    full_uncond = sl.t2i_uncond_layout(so._token_space(codes, VOCAB), VOCAB, S)
+    ref = model.apply({"params": params}, full_uncond)[:, S + 2:S + 2 + N, VOCAB.image_offset:VOCAB.mask_id]
+    np.testing.assert_allclose(both[2:], ref, atol=1e-5)
+    assert np.abs(np.asarray(both[:2] - both[2:])).max() > 1e-3
+
+
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_t2i_generation_fills_every_token(guidance):
+    model, params = _tiny()
+    text, lens = _prompts()
+    out = so.t2i_generate(model, params, text, lens, so.blank_canvas(2, N, VOCAB), jax.random.key(0),
+                          max_text_len=S, num_steps=4, guidance_scale=guidance)
+    tokens = np.asarray(out.tokens)
+    assert tokens.shape == (2, N) and tokens.min() >= 0 and tokens.max() < 16
+    # floor(9 cos(pi/2 r)) for r = 1/4, 2/4, 3/4, clamped to [1, #unknown - 1]; the last step leaves 1.
+    np.testing.assert_array_equal(out.num_masked, [[8, 6, 3, 1]] * 2)
+    again = so.t2i_generate(model, params, text, lens, so.blank_canvas(2, N, VOCAB), jax.random.key(0),
+                            max_text_len=S, num_steps=4, guidance_scale=guidance)
+    np.testing.assert_array_equal(again.tokens, tokens)
+
+
+def test_inpainting_keeps_known_tokens_and_extrapolation_keeps_the_original():
+    model, params = _tiny()
+    text, lens = _prompts()
+    codes = jax.random.randint(jax.random.key(2), (2, N), 0, 16)
+    repaint = jnp.zeros((2, N), bool).at[:, 4:7].set(True)
+    new = np.asarray(so.inpaint(model, params, text, lens, codes, repaint, jax.random.key(3), max_text_len=S,
+                                num_steps=3, guidance_scale=1.75))
+    np.testing.assert_array_equal(new[:, ~np.asarray(repaint[0])], np.asarray(codes)[:, ~np.asarray(repaint[0])])
+    grid = codes.reshape(2, 3, 3)
+    wide = np.asarray(so.extrapolate(model, params, text, lens, grid, "right", jax.random.key(4), max_text_len=S,
+                                     num_steps=3))
+    assert wide.shape == (2, 3, 5)
+    np.testing.assert_array_equal(wide[:, :, :3], grid)
+    tall = np.asarray(so.extrapolate(model, params, text, lens, grid, "up", jax.random.key(4), max_text_len=S,
+                                     num_steps=3))
+    assert tall.shape == (2, 5, 3)
+    np.testing.assert_array_equal(tall[:, 2:], grid)
+
+
+def _reference_mmu(model, params, codes, question, new):
+    """The reference's loop: no cache, batch 1, the whole sequence re-run with the MMU mask every step."""
+    prompt = sl.mmu_prompt_layout(VOCAB.image_token(codes[None]), jnp.asarray([question]),
+                                  jnp.asarray([len(question)]), VOCAB)
+    buf = jnp.concatenate([prompt, jnp.zeros((1, new), jnp.int32)], axis=1)
+    run = jax.jit(lambda x: model.apply({"params": params}, x, mask=masks.showo_mmu_mask(x, eoi_id=VOCAB.eoi_id),
+                                        is_causal=False))
+    p = prompt.shape[1]
+    for t in range(new):
+        buf = buf.at[:, p + t].set(jnp.argmax(run(buf)[:, p + t - 1], axis=-1))
+    return np.asarray(buf[0, p:])
+
+
+def test_mmu_generation_with_cache_equals_the_reference_loop():
+    model, params = _tiny()
+    codes = jax.random.randint(jax.random.key(5), (2, N), 0, 16)
+    questions = [[11, 12, 13, 14, 15], [20, 21]]  # different lengths: the batch is left-padded
+    qids = jnp.asarray([q + [0] * (5 - len(q)) for q in questions])
+    out = so.mmu_generate(model, params, codes, qids, jnp.asarray([5, 2]), max_new_tokens=5,
+                          stop_tokens=(VOCAB.vocab_size + 1,))
+    for row, q in enumerate(questions):
+        np.testing.assert_array_equal(out.tokens[row], _reference_mmu(model, params, codes[row], q, 5))
+
+
+def test_clip_variant_splices_projected_features():
+    model, params = _tiny(w_clip_vit=True)
+    assert set(params["mm_projector"]) == {"fc1", "fc2"}
+    feats = jax.random.normal(jax.random.key(6), (2, 3, 16))
+    system, question = jnp.full((2, 2), 7), jnp.full((2, 4), 9)
+    ids, embeds, mask = so.clip_mmu_inputs(model, params, feats, system, question)
+    assert ids.shape == (2, 1 + 2 + 1 + 3 + 1 + 4) and embeds.shape == (*ids.shape, model.cfg.hidden_size)
+    projected = model.apply({"params": params}, feats, method=so.Showo.project_features)
+    np.testing.assert_allclose(embeds[:, 4:7], projected, atol=1e-6)
+    token_embeds = model.apply({"params": params}, ids, method=so.Showo.embed)
+    np.testing.assert_allclose(embeds[:, 7:], token_embeds[:, 7:], atol=1e-6)
+    # Every key before <|eoi|> (index 7) is visible to every row; the rest is causal.
+    m = np.asarray(mask[0, 0])
+    assert m[0, :7].all() and not m[0, 7:].any() and m[-1].all() and not m[7, 8:].any()
+    logits = model.apply({"params": params}, None, embeds=embeds, mask=mask, is_causal=False)
+    assert logits.shape == (2, ids.shape[1], VOCAB.vocab_size)
