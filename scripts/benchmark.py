@@ -121,7 +121,8 @@ def lm_flops_per_token(cfg: Any, seq: int) -> float:
     return cfg.num_layers * (per_layer + attn) + 2 * d * cfg.vocab_size
 
 
-def bench_lm_train(preset: str = "phi-1.5", batch: int = 8, seq: int = 2048, remat: str = "dots_with_no_batch_dims") -> None:
+def bench_lm_train(preset: str = "phi-1.5", batch: int = 8, seq: int = 2048,
+                   remat: str = "dots_with_no_batch_dims") -> None:
     from mmjax.models.lm import LM, get_config
 
     cfg = get_config(preset, dtype="bfloat16", scan_layers=True, remat_policy=remat)
@@ -158,7 +159,9 @@ def bench_lm_decode(preset: str = "phi-1.5", batches: tuple[int, ...] = (1, 32),
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     for batch in batches:
         ids = jax.random.randint(jax.random.key(batch), (batch, prompt), 0, cfg.vocab_size)
-        gen = lambda n, ids=ids: generate(model, params, ids, max_new_tokens=n).tokens
+        def gen(n: int, ids: jax.Array = ids) -> jax.Array:
+            return generate(model, params, ids, max_new_tokens=n).tokens
+
         # Decode time = (prefill + n tokens) - (prefill + 1 token): isolates the per-token loop.
         full, one = timed(lambda: gen(new), iters=3), timed(lambda: gen(1), iters=3)
         per_token = (full - one) / (new - 1)
