@@ -21,7 +21,7 @@ from mmjax.train.tasks.llava import base_config, warmup
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, stage=2, steps=0, init="")
     stage = arg.stage
-    steps = arg.steps or (300 if stage == 1 else 1500)
+    steps = arg.steps or (300 if stage == 1 else 600)
     c = base_config(stage, batch_size=32, total_steps=steps, log_every=50, checkpoint_every=steps, eval_every=0)
     c.model.update(vision=dict(preset="clip", width=64, depth=3, mlp_dim=128, num_heads=4, patch_size=8),
                    lm=dict(preset="tiny-llama", vocab_size=0, hidden_size=128, num_layers=2, num_heads=4,

@@ -1,7 +1,7 @@
 r"""Tiny Show-o on 32x32 synthetic shapes: text-to-image, captions as text, and questions about images, on a CPU.
 
 Commands (the tokenizer first; Show-o reads its run through `tokenizer.workdir`):
-    python -m mmjax.train --config configs/vq/tiny.py:tokens=4 --workdir runs/vq_tiny4
+    python -m mmjax.train --config configs/vq/tiny.py:tokens=4,bits=6 --workdir runs/vq_tiny4
     python -m mmjax.train --config configs/showo/tiny.py --workdir runs/showo_tiny \
         --config.tokenizer.workdir=runs/vq_tiny4
 Variants:  configs/showo/tiny.py:steps=1500,width=128,layers=4

@@ -6,8 +6,9 @@ Variants:  configs/vq/tiny.py:tokens=4          4x4 ids (factor 8), for the Show
            configs/vq/tiny.py:steps=3000,ch=32
            configs/vq/tiny.py:size=16,tokens=4,ch=8   (the test suite's 16x16 version)
 Token grid and codebook (what a Show-o config must use):
-           tokens=8 (default): ids (8, 8) per 32x32 image, factor 4, codebook 2^bits = 2^6 = 64 codes (MSB first)
-           tokens=4:           ids (4, 4) per 32x32 image, factor 8, codebook 2^bits (bits defaults to 6 too)
+           tokens=8 (default): ids (8, 8) per 32x32 image, factor 4, codebook 2^bits = 2^10 = 1024 codes (MSB first)
+           tokens=4:           ids (4, 4) per 32x32 image, factor 8, codebook 2^bits (bits defaults to 10 too)
+           bits=6 gives a 64-code codebook (faster to model, lower PSNR: see docs/tokenizer.md)
 Data:      `shapes` single-object 32x32 scenes (the Show-o tiny demo's data), train seed 0 (20k scenes), held-out
            eval seed 1 (1,024 scenes never trained on).
 Hardware:  2 shared CPU cores; see docs/tokenizer.md for the measured wall time (target: under 5 minutes).
@@ -37,7 +38,7 @@ def tokenizer_model(tokens: int, bits: int, ch: int, image_size: int = 32) -> ml
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, tokens=8, bits=6, ch=16, steps=1500, batch=32, size=32)
+    arg = parse_arg(arg, tokens=8, bits=10, ch=16, steps=1200, batch=32, size=32)
     c = trainer_config(task="vq", batch_size=arg.batch, total_steps=arg.steps, log_every=100,
                        checkpoint_every=arg.steps, eval_every=0, eval_batch_size=128, ema_decay=0.99)
     c.image_size = arg.size
@@ -53,6 +54,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.discriminator = ml_collections.ConfigDict(dict(kind="patch", ch=16, num_layers=2))
     c.eval = ml_collections.ConfigDict(dict(max_examples=0, grid_images=16, inception_path=""))
     c.pretrained = ml_collections.ConfigDict(dict(path="", format="mmjax"))
-    c.optim.update(name="adamw", lr=2e-3, b1=0.9, b2=0.99, weight_decay=1e-4, warmup_steps=50, schedule="cosine",
+    c.optim.update(name="adamw", lr=5e-3, b1=0.9, b2=0.99, weight_decay=1e-4, warmup_steps=50, schedule="cosine",
                    end_lr_frac=0.05, clip_norm=1.0)
     return c

@@ -110,9 +110,6 @@ def clip_vit_config_from_hf(config_json: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["hidden_act"] not in _HF_ACTS:
         raise ValueError(f"config.json: hidden_act {cfg['hidden_act']!r} is not supported; known: {sorted(_HF_ACTS)}")
     patch = _pair(cfg["patch_size"], "patch_size")
-    image = _pair(cfg["image_size"], "image_size")
-    if image[0] % patch[0] or image[1] % patch[1]:
-        raise ValueError(f"config.json: image_size {image} is not a multiple of patch_size {patch}")
     return dict(width=width, depth=int(cfg["num_hidden_layers"]), mlp_dim=int(cfg["intermediate_size"]),
                 num_heads=heads, patch_size=patch, act=_HF_ACTS[cfg["hidden_act"]],
                 ln_eps=float(cfg["layer_norm_eps"]), **_FAMILY_FIELDS[model_type])

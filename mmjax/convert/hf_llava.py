@@ -77,7 +77,7 @@ def llava_config_from_hf(hf: dict[str, Any] | str | os.PathLike, *, preprocessor
     text = dict(hf["text_config"])
     tie = bool(hf.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
     lm = hf_lm.config_from_hf(text, **({"tie_embeddings": tie} | lm_overrides))
-    vision = hf_clip.clip_vit_config_from_hf(hf)
+    vision = _vit_fields(hf)
     vision.pop("final_norm")
     vision_type = hf["vision_config"].get("model_type", "clip_vision_model")
     mean, std = _image_norm(vision_type, preprocessor)
@@ -98,6 +98,19 @@ def llava_config_from_hf(hf: dict[str, Any] | str | os.PathLike, *, preprocessor
                             newline=True, multi_image="base" if arch == "llava_onevision" else "same",
                             taps=4 if arch == "llava_onevision" else 1)
     return cfg, image
+
+
+def _vit_fields(config_json: dict[str, Any]) -> dict[str, Any]:
+    """ViT fields of the tower in a (LLaVA or CLIP/SigLIP) config.json. SigLIP-so400m/14 runs at 384px, which is
+    not a multiple of 14: the patch conv drops the last 6 pixels (27x27 patches). `hf_clip` refuses such sizes, so
+    it is shown the size the patches actually cover; the size is not a ViT field either way."""
+    section = dict(config_json.get("vision_config") or config_json)
+    patch = section.get("patch_size", 14)
+    patch = patch if isinstance(patch, int) else patch[0]
+    size = section.get("image_size")
+    if isinstance(size, int):
+        section["image_size"] = size // patch * patch
+    return hf_clip.clip_vit_config_from_hf(section)
 
 
 def _normalise(key: str) -> tuple[str, str] | None:
@@ -204,7 +217,7 @@ def load_vision_tower(path: str | os.PathLike, cfg: LlavaConfig, image_size: int
     prefix = hf_clip.detect_prefix(tensors)
     config = (path if path.is_dir() else path.parent) / "config.json"
     if config.exists():
-        want = hf_clip.clip_vit_config_from_hf(json.loads(config.read_text()))
+        want = _vit_fields(json.loads(config.read_text()))
         have = cfg.vision_dict
         wrong = [f"{k}: config.model.vision has {have.get(k)!r}, {config} says {v!r}" for k, v in want.items()
                  if k != "final_norm" and have.get(k) != v and not (k == "ln_eps" and np.isclose(have.get(k), v))]

@@ -123,8 +123,6 @@ class ImageConfig:
             raise ValueError("image mode 'anyres' needs pinpoints")
         if self.multi_image not in ("same", "base"):
             raise ValueError(f"multi_image {self.multi_image!r} not in ('same', 'base')")
-        if self.size % self.patch_size:
-            raise ValueError(f"image size {self.size} is not a multiple of the patch size {self.patch_size}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ImageConfig:
@@ -136,6 +134,7 @@ class ImageConfig:
 
     @property
     def side(self) -> int:
+        """Patches per tile side (SigLIP 384/14: 27, the conv drops the last 6 pixels)."""
         return self.size // self.patch_size
 
     @property
@@ -258,9 +257,11 @@ class LlavaProcessor:
     # -- generation prompts ------------------------------------------------------------------------------------
     def prompt_example(self, conv: str | Sequence[Mapping[str, Any]], items: Sequence[np.ndarray]
                        ) -> dict[str, Any]:
-        """An unpadded inference prompt: ids ending with the assistant prefix, its pixels and image spans."""
+        """An unpadded inference prompt: ids ending with the assistant prefix, its pixels and image spans. A bare
+        question gets one `<image>` line per image in front (LLaVA's evaluation prompts)."""
         if isinstance(conv, str):
-            conv = [{"from": "human", "value": conv}]
+            text = conv if IMAGE_PLACEHOLDER in conv else f"{IMAGE_PLACEHOLDER}\n" * len(items) + conv
+            conv = [{"from": "human", "value": text}]
         pixels, maps = self.media(items)
         ids = build_prompt(self._conversation(conv), self.template, self.tokenizer, self.image_token_id)
         ids, _, spans = self._expand(ids, np.zeros_like(ids), maps)

@@ -171,8 +171,3 @@ class Llava(nn.Module):
         embeds = self.embed(ids, pixels, image_index, image_weight)
         attn_mask = None if mask is None else mask[:, None, None, :].astype(bool)
         return self.lm(embeds=embeds, mask=attn_mask, positions=positions)
-
-
-def lm_params(params: Mapping[str, Any]) -> Any:
-    """The LM's own params (for `mmjax.models.generate` with `LM(cfg.lm)` and prompt embeddings)."""
-    return params["lm"]

@@ -58,8 +58,9 @@ def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     0, lambda = src - floor(src)), so the weights are the very numbers the reference multiplies by.
     """
     f32 = np.float32
-    scale = f32(in_size) / f32(out_size)
-    src = np.maximum(scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
+    scale = np.float64(f32(in_size) / f32(out_size))
+    # one rounding of the exact scale * (dst + 0.5) - 0.5 (the kernel's fused multiply-add)
+    src = np.maximum((scale * (np.arange(out_size) + 0.5) - 0.5).astype(f32), f32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
     w1 = np.clip(src - i0.astype(f32), f32(0), f32(1))
@@ -191,6 +192,9 @@ def splice(text_embeds: jax.Array, features: jax.Array, newline: jax.Array, is_i
         index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, f - 1)[..., None]
         weight = jnp.ones(index.shape, features.dtype)
     take = jax.vmap(lambda rows, idx: rows[idx])  # per sample: (F+1, D)[(T,)] -> (T, D)
-    gathered = sum(take(buffer, index[..., k]) * weight[..., k, None].astype(features.dtype)
-                   for k in range(index.shape[-1]))
+    if index.shape[-1] == 1:  # weights are exactly 0 or 1: no mixing, stay in the compute dtype
+        gathered = take(buffer, index[..., 0]) * weight[..., 0, None].astype(features.dtype)
+    else:  # bilinear mixing in float32 (bf16 weights would be off by up to 0.4%)
+        gathered = sum(take(buffer, index[..., k]).astype(jnp.float32) * weight[..., k, None].astype(jnp.float32)
+                       for k in range(index.shape[-1]))
     return jnp.where(is_image[..., None], gathered.astype(text_embeds.dtype), text_embeds)

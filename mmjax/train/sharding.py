@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -92,7 +93,9 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str,
     """
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree), mesh, rules)
     shapes = strip_boxes(abstract_tree)
-    return jax.tree.map(lambda s, x: NamedSharding(mesh, _divisible(s.spec, x.shape, mesh)), shardings, shapes)
+    # optax.MaskedNode stands for an optimizer-state slot of a frozen / other-group parameter: no array, keep it.
+    return jax.tree.map(lambda s, x: x if isinstance(x, optax.MaskedNode)
+                        else NamedSharding(mesh, _divisible(s.spec, x.shape, mesh)), shardings, shapes)
 
 
 def strip_boxes(tree: Any) -> Any:

@@ -149,8 +149,8 @@ def _onevision(tmp_path):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
 
     vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                image_size=35, patch_size=7, vision_use_head=False)
-    pins = [[35 * i, 35 * j] for i in range(1, 7) for j in range(1, 7)]
+                                image_size=40, patch_size=7, vision_use_head=False)  # 5x5: like 384/14
+    pins = [[40 * i, 40 * j] for i in range(1, 7) for j in range(1, 7)]
     hf = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(
         vision_config=vision, text_config=_text_config("qwen2"), image_token_index=IMG, video_token_index=VID,
         image_grid_pinpoints=pins))
@@ -158,7 +158,7 @@ def _onevision(tmp_path):
 
 
 # a 4x4-tile image (anyres_max_9 reduces its 20x20 map to 15x15), a wide one, a tall one, a small one
-OV_SIZES = [(140, 140), (150, 60), (50, 120), (30, 20)]
+OV_SIZES = [(160, 160), (170, 70), (55, 135), (30, 20)]
 
 
 @pytest.mark.parity
@@ -169,18 +169,18 @@ def test_onevision_anyres_max_and_multi_image_match_transformers(tmp_path):
     assert loaded.config.lm.tie_embeddings
     rng = np.random.default_rng(2)
     cfg = dataclasses.replace(loaded.image, max_images=2, max_tiles=17)
-    assert cfg.layout(140, 140).reduced_shape == (15, 15)
+    assert cfg.layout(160, 160).reduced_shape == (15, 15)
     singles = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in OV_SIZES]
     pair = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), rng.integers(0, 256, (70, 35, 3), dtype=np.uint8)]
     per_row = [[process_media(x, cfg)] for x in singles] + [[process_media(x, cfg, alone=False) for x in pair]]
     ids, mask, starts = _rows(rng, [[(IMG, m.num_tokens) for _, m in row] for row in per_row], 320)
     b = len(per_row)
-    pixels = np.zeros((b, 2, cfg.tiles, 35, 35, 3), np.uint8)
+    pixels = np.zeros((b, 2, cfg.tiles, 40, 40, 3), np.uint8)
     hf_images, sizes = [], []
     for r, row in enumerate(per_row):
         for slot, (tiles, _) in enumerate(row):
             pixels[r, slot, : len(tiles)] = tiles
-            padded = np.zeros((cfg.tiles, 3, 35, 35), np.float32)
+            padded = np.zeros((cfg.tiles, 3, 40, 40), np.float32)
             padded[: len(tiles)] = im.normalize(tiles, im.SIGLIP_MEAN, im.SIGLIP_STD).transpose(0, 3, 1, 2)
             hf_images.append(padded)
     sizes = [[h, w] for w, h in OV_SIZES] + [[40, 60], [70, 35]]
@@ -195,7 +195,7 @@ def test_onevision_video_pooling_matches_transformers(tmp_path):
     torch = _torch()
     hf, loaded = _onevision(tmp_path)
     rng = np.random.default_rng(3)
-    frames = rng.integers(0, 256, (2, 3, 35, 35, 3), dtype=np.uint8)  # 2 videos of 3 frames
+    frames = rng.integers(0, 256, (2, 3, 40, 40, 3), dtype=np.uint8)  # 2 videos of 3 frames
     vmap = video_map(3, 5)
     assert vmap.num_tokens == im.video_token_count(3, 5) == 3 * 9 + 1
     cfg = dataclasses.replace(loaded.image, max_tiles=3)

@@ -46,11 +46,11 @@ def test_feature_layer_runs_only_the_blocks_it_needs():
     assert cfg.tower_depth == 2 and cfg.tower().dims()["depth"] == 2
     full = ViT(**(cfg.vision_dict | dict(final_norm="none")))
     x = jax.random.normal(jax.random.key(0), (2, 28, 28, 3))
-    full_params = full.init(jax.random.key(1), x)["params"]
-    _, extras = full.apply({"params": full_params}, x)
+    full_params = jax.jit(full.init)(jax.random.key(1), x)["params"]
+    _, extras = jax.jit(full.apply)({"params": full_params}, x)
     sub = {k: v for k, v in full_params.items() if k != "encoder"}
     sub["encoder"] = {k: v for k, v in full_params["encoder"].items() if k != "block_2"}
-    _, mine = cfg.tower().apply({"params": sub}, x)
+    _, mine = jax.jit(cfg.tower().apply)({"params": sub}, x)
     np.testing.assert_allclose(mine["encoded"], extras["hidden_states"][-2], atol=1e-6)
     with pytest.raises(ValueError, match="feature_layer"):
         LlavaConfig.from_dict({**TINY, "feature_layer": -4})
@@ -82,7 +82,7 @@ def _pack_with_model(feats: np.ndarray, tmap, newline: np.ndarray) -> np.ndarray
     return np.asarray(out[0])
 
 
-@pytest.mark.parametrize("size", [(672, 672), (768, 767), (1500, 700), (200, 150), (333, 1000), (90, 2000)])
+@pytest.mark.parametrize("size", [(672, 672), (768, 767), (1500, 700), (333, 1000)])
 @pytest.mark.parametrize("onevision", [False, True])
 def test_anyres_maps_equal_the_reference_algorithm_and_the_layout_count(size, onevision):
     tile, pins = (384, im.ONEVISION_PINPOINTS) if onevision else (336, im.LLAVA_NEXT_PINPOINTS_HF)
@@ -134,7 +134,7 @@ def test_one_compiled_program_serves_every_image_layout():
     image_cfg = ImageConfig(mode="anyres", size=28, patch_size=7, pinpoints=pins, anyres_max=2, newline=True, taps=4)
     model = Llava(cfg)
     ids, pixels, index, weight = _tiny_batch(cfg, image_cfg, [(60, 40), (30, 90)])
-    params = model.init(jax.random.key(0), ids, pixels, image_index=index, image_weight=weight)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), ids, pixels, image_index=index, image_weight=weight)["params"]
     run = jax.jit(lambda p, *a: model.apply({"params": p}, *a[:2], image_index=a[2], image_weight=a[3]))
     first = run(params, ids, pixels, index, weight)
     other = _tiny_batch(cfg, image_cfg, [(100, 100), (20, 25)])
@@ -148,12 +148,13 @@ def test_text_only_rows_are_the_plain_lm_and_images_only_touch_their_positions()
     model = Llava(cfg)
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 100, (2, 24)), jnp.int32)
     pixels = jnp.zeros((2, 1, 1, 28, 28, 3), jnp.uint8)
-    params = model.init(jax.random.key(0), ids, pixels)["params"]
-    lm_logits = LM(cfg.lm).apply({"params": params["lm"]}, ids)
-    np.testing.assert_allclose(model.apply({"params": params}, ids, pixels), lm_logits, atol=1e-5)
-    np.testing.assert_allclose(model.apply({"params": params}, ids), lm_logits, atol=1e-5)
+    params = jax.jit(model.init)(jax.random.key(0), ids, pixels)["params"]
+    apply = jax.jit(lambda i, x: model.apply({"params": params}, i, x))
+    lm_logits = jax.jit(lambda i: LM(cfg.lm).apply({"params": params["lm"]}, i))(ids)
+    np.testing.assert_allclose(apply(ids, pixels), lm_logits, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda i: model.apply({"params": params}, i))(ids), lm_logits, atol=1e-5)
     with_image = ids.at[0, 2:18].set(cfg.image_token_id)
-    out = model.apply({"params": params}, with_image, pixels)
+    out = apply(with_image, pixels)
     np.testing.assert_allclose(out[1], lm_logits[1], atol=1e-5)  # the other row is untouched
     np.testing.assert_allclose(out[0, :2], lm_logits[0, :2], atol=1e-5)  # causal: before the image unchanged
     assert not np.allclose(out[0, 18:], lm_logits[0, 18:], atol=1e-3)

@@ -55,11 +55,16 @@ def test_default_mask_is_showo_omni_attention():
     model, params = _tiny()
     text, lens = _prompts()
     codes = jax.random.randint(jax.random.key(1), (2, N), 0, 16)
-    ids, _ = sl.t2i_layout(text, lens, VOCAB.image_token(codes), VOCAB, S)
-    mask = masks.showo_mask(ids, pad_id=VOCAB.pad_id, soi_id=VOCAB.soi_id, eoi_id=VOCAB.eoi_id, mmu_id=VOCAB.mmu_id)
-    default = model.apply({"params": params}, ids)
-    explicit = model.apply({"params": params}, ids, mask=mask, is_causal=False)
-    causal = model.apply({"params": params}, ids, mask=masks.causal_mask(ids.shape[1]), is_causal=False)
+
+    @jax.jit
+    def run(params):
+        ids, _ = sl.t2i_layout(text, lens, VOCAB.image_token(codes), VOCAB, S)
+        mask = masks.showo_mask(ids, pad_id=VOCAB.pad_id, soi_id=VOCAB.soi_id, eoi_id=VOCAB.eoi_id,
+                                mmu_id=VOCAB.mmu_id)
+        apply = functools.partial(model.apply, {"params": params}, ids)
+        return apply(), apply(mask=mask, is_causal=False), apply(mask=masks.causal_mask(ids.shape[1]))
+
+    default, explicit, causal = run(params)
     assert default.dtype == jnp.float32 and default.shape == (2, S + N + 3, VOCAB.vocab_size)
     np.testing.assert_allclose(default, explicit, atol=1e-6)
     assert np.abs(np.asarray(default - causal))[:, S + 1:].max() > 1e-3  # image rows see the whole image
@@ -68,16 +73,21 @@ def test_default_mask_is_showo_omni_attention():
 def test_cfg_closure_pairs_rows_with_cond_and_uncond_prefixes():
     model, params = _tiny()
     text, lens = _prompts()
-    empty = jnp.zeros((2, 0), jnp.int32)
-    cond = sl.t2i_layout(text, lens, empty, VOCAB, S)[0][:, :S + 1]
-    uncond = sl.t2i_uncond_layout(empty, VOCAB, S)[:, :S + 1]
-    fn = so.t2i_logits_fn(model, params, cond, uncond)
     codes = jnp.array([[3, 16, 5, 16, 16, 0, 1, 2, 16]] * 2)  # 16 = mask in code space
-    both = fn(jnp.concatenate([codes, codes]))
+
+    @jax.jit
+    def run(params):
+        empty = jnp.zeros((2, 0), jnp.int32)
+        cond = sl.t2i_layout(text, lens, empty, VOCAB, S)[0][:, :S + 1]
+        uncond = sl.t2i_uncond_layout(empty, VOCAB, S)[:, :S + 1]
+        fn = so.t2i_logits_fn(model, params, cond, uncond)
+        full_uncond = sl.t2i_uncond_layout(so._token_space(codes, VOCAB), VOCAB, S)
+        ref = model.apply({"params": params}, full_uncond)[:, S + 2:S + 2 + N, VOCAB.image_offset:VOCAB.mask_id]
+        return fn(jnp.concatenate([codes, codes])), fn(codes), ref
+
+    both, cond_only, ref = run(params)
     assert both.shape == (4, N, 16)
-    np.testing.assert_allclose(both[:2], fn(codes), atol=1e-5)
-    full_uncond = sl.t2i_uncond_layout(so._token_space(codes, VOCAB), VOCAB, S)
-    ref = model.apply({"params": params}, full_uncond)[:, S + 2:S + 2 + N, VOCAB.image_offset:VOCAB.mask_id]
+    np.testing.assert_allclose(both[:2], cond_only, atol=1e-5)
     np.testing.assert_allclose(both[2:], ref, atol=1e-5)
     assert np.abs(np.asarray(both[:2] - both[2:])).max() > 1e-3
 
@@ -145,14 +155,20 @@ def test_clip_variant_splices_projected_features():
     assert set(params["mm_projector"]) == {"fc1", "fc2"}
     feats = jax.random.normal(jax.random.key(6), (2, 3, 16))
     system, question = jnp.full((2, 2), 7), jnp.full((2, 4), 9)
-    ids, embeds, mask = so.clip_mmu_inputs(model, params, feats, system, question)
+
+    @jax.jit
+    def run(params):
+        ids, embeds, mask = so.clip_mmu_inputs(model, params, feats, system, question)
+        projected = model.apply({"params": params}, feats, method=so.Showo.project_features)
+        token_embeds = model.apply({"params": params}, ids, method=so.Showo.embed)
+        logits = model.apply({"params": params}, None, embeds=embeds, mask=mask, is_causal=False)
+        return ids, embeds, mask, projected, token_embeds, logits
+
+    ids, embeds, mask, projected, token_embeds, logits = run(params)
     assert ids.shape == (2, 1 + 2 + 1 + 3 + 1 + 4) and embeds.shape == (*ids.shape, model.cfg.hidden_size)
-    projected = model.apply({"params": params}, feats, method=so.Showo.project_features)
     np.testing.assert_allclose(embeds[:, 4:7], projected, atol=1e-6)
-    token_embeds = model.apply({"params": params}, ids, method=so.Showo.embed)
     np.testing.assert_allclose(embeds[:, 7:], token_embeds[:, 7:], atol=1e-6)
     # Every key before <|eoi|> (index 7) is visible to every row; the rest is causal.
     m = np.asarray(mask[0, 0])
     assert m[0, :7].all() and not m[0, 7:].any() and m[-1].all() and not m[7, 8:].any()
-    logits = model.apply({"params": params}, None, embeds=embeds, mask=mask, is_causal=False)
     assert logits.shape == (2, ids.shape[1], VOCAB.vocab_size)

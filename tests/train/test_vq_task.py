@@ -29,7 +29,7 @@ from mmjax.train.trainer import Trainer
 from tests.helpers import REPO
 
 TINY = os.path.join(REPO, "configs/vq/tiny.py")
-SMALL = f"{TINY}:size=16,tokens=4,bits=5,ch=8,batch=16"
+SMALL = f"{TINY}:size=16,tokens=8,bits=6,ch=8,batch=16"
 
 
 def small_config(steps: int, *overrides: str):
@@ -39,7 +39,7 @@ def small_config(steps: int, *overrides: str):
 
 
 def test_training_raises_psnr_well_above_the_untrained_model(tmp_path):
-    config = small_config(160)
+    config = small_config(150, "ema_decay=0.0")  # 150 steps: an EMA would still lag far behind the params
     trainer = Trainer(config, str(tmp_path))
     task = trainer.task
     # The untrained model's held-out PSNR, measured on the same eval set the trainer reports on.
@@ -48,9 +48,9 @@ def test_training_raises_psnr_well_above_the_untrained_model(tmp_path):
     variables = nn.meta.unbox(variables)
     start = task.evaluate(variables["params"], {}, _ctx(trainer, tmp_path / "start"))["psnr"]
     final = trainer.run()
-    assert final["psnr"] > start + 8.0, (start, final["psnr"])
+    assert final["psnr"] > start + 6.0, (start, final["psnr"])   # measured: about 6.6 -> 14.9 dB
     assert 0.0 < final["codebook_usage"] <= 1.0 and final["perplexity"] >= 1.0 and 0.0 < final["ssim"] <= 1.0
-    assert os.path.isfile(tmp_path / "samples" / "recon_160.png")
+    assert os.path.isfile(tmp_path / "samples" / "recon_150.png")
     with open(tmp_path / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert records[-1]["final"] and "psnr" in records[0] and "entropy_loss" in records[0]
@@ -80,11 +80,11 @@ def test_each_gan_player_gets_only_its_own_gradient(gan_setup):
     task, params, state, batch = gan_setup
     cfg = task.config.loss
     rng = jax.random.key(0)
-    grads, (metrics, new_state) = jax.grad(task.loss_fn, has_aux=True)(params, state, batch, rng)
+    grads, (metrics, new_state) = jax.jit(jax.grad(task.loss_fn, has_aux=True))(params, state, batch, rng)
     x = batch["image"]
     disc = task.disc
     gen = {k: v for k, v in params.items() if k != "discriminator"}
-    recon, _ = task.model.apply({"params": gen}, x)
+    recon, _ = jax.jit(task.model.apply)({"params": gen}, x)
     stats = state["gan_stats"]
 
     def disc_only(dparams):  # the discriminator's loss with the reconstruction as a constant
@@ -100,8 +100,8 @@ def test_each_gan_player_gets_only_its_own_gradient(gan_setup):
         return rec + aux["loss"] + cfg.adv_weight * weight * -jnp.mean(disc.apply({"params": params["discriminator"]},
                                                                                     r))
 
-    expect_d = jax.grad(disc_only)(params["discriminator"])
-    expect_g = jax.grad(gen_only)(gen)
+    expect_d = jax.jit(jax.grad(disc_only))(params["discriminator"])
+    expect_g = jax.jit(jax.grad(gen_only))(gen)
     for got, want in ((grads["discriminator"], expect_d), ({k: grads[k] for k in gen}, expect_g)):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
@@ -112,7 +112,7 @@ def test_each_gan_player_gets_only_its_own_gradient(gan_setup):
 def test_adaptive_weight_is_the_last_layer_gradient_ratio(gan_setup):
     task, params, state, batch = gan_setup
     x = batch["image"]
-    _, (metrics, _) = task.loss_fn(params, state, batch, jax.random.key(0))
+    _, (metrics, _) = jax.jit(task.loss_fn)(params, state, batch, jax.random.key(0))
     gen = {k: v for k, v in params.items() if k != "discriminator"}
     disc = lambda r: task.disc.apply({"params": params["discriminator"]}, r)
 
@@ -120,7 +120,7 @@ def test_adaptive_weight_is_the_last_layer_gradient_ratio(gan_setup):
         def f(kernel):
             p = {**gen, "decoder": {**gen["decoder"], "conv_out": {**gen["decoder"]["conv_out"], "kernel": kernel}}}
             return loss(task.model.apply({"params": p}, x)[0])
-        return jnp.linalg.norm(jax.grad(f)(gen["decoder"]["conv_out"]["kernel"]))
+        return jnp.linalg.norm(jax.jit(jax.grad(f))(gen["decoder"]["conv_out"]["kernel"]))
 
     rec = last_grad(lambda r: jnp.mean(jnp.abs(r - x)) + jnp.mean(jnp.square(r - x)))
     adv = last_grad(lambda r: -jnp.mean(disc(r)))
@@ -130,7 +130,7 @@ def test_adaptive_weight_is_the_last_layer_gradient_ratio(gan_setup):
 def test_no_gan_terms_before_adv_start(gan_setup):
     task, params, state, batch = gan_setup
     early = {**state, "gan_stats": {**state["gan_stats"], "step": jnp.asarray(-1, jnp.int32)}}
-    grads, (metrics, _) = jax.grad(task.loss_fn, has_aux=True)(params, early, batch, jax.random.key(0))
+    grads, (metrics, _) = jax.jit(jax.grad(task.loss_fn, has_aux=True))(params, early, batch, jax.random.key(0))
     assert float(metrics["adv_on"]) == 0.0
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["discriminator"]))
 
@@ -140,7 +140,7 @@ def test_no_gan_terms_before_adv_start(gan_setup):
 def test_discriminators_give_finite_logits(kind, module):
     model = module(DiscriminatorConfig(kind=kind, ch=8, num_layers=2))
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
-    out, _ = model.init_with_output(jax.random.key(1), x)
+    out, _ = jax.jit(model.init_with_output)(jax.random.key(1, impl="rbg"), x)
     assert out.shape[0] == 4 and bool(jnp.isfinite(out).all())
     with pytest.raises(ValueError, match="unknown discriminator fields"):
         DiscriminatorConfig.from_dict({"chh": 3})
@@ -160,7 +160,7 @@ def test_lpips_weights_load_and_distance_properties(tmp_path):
     params = lpips_params_from_state_dict(state)
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
     y = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), -1, 1)
-    d = LPIPS().apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([x, y]))
+    d = jax.jit(LPIPS().apply)({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([x, y]))
     assert float(jnp.abs(d[:2]).max()) < 1e-6 and bool((d[2:] > 0).all())
     del state["lin2.model.1.weight"]
     with pytest.raises(ValueError, match="lin2"):
@@ -196,8 +196,40 @@ def test_vq_ema_quantizer_statistics_travel_as_model_state():
     config.model.quantizer, config.model.codebook_size, config.model.z_channels = "vq", 16, 4
     task = VQTask(config)
     x = jnp.asarray(np.stack([task.preprocess(task.source("train")[i], None)["image"] for i in range(4)]))
-    variables = nn.meta.unbox(task.init(jax.random.key(0), {"image": x}))
+    variables = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0, impl="rbg"), {"image": x}))
     params = variables.pop("params")
-    _, (metrics, new_state) = task.loss_fn(params, variables, {"image": x}, jax.random.key(1))
-    assert int(new_state["vq_stats"]["updates"]) == 1 and "usage" in metrics
+    _, (metrics, new_state) = jax.jit(task.loss_fn)(params, variables, {"image": x}, jax.random.key(1))
+    assert int(new_state["vq_stats"]["quantize"]["updates"]) == 1 and "usage" in metrics
     assert isinstance(task.model, VQModel)
+
+
+# -------------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("spec", ["tiny.py", "tiny.py:tokens=4", "photos.py", "showo_magvitv2.py:res=512",
+                                  "lfq_imagenet.py", "lfq_imagenet.py:lpips=/weights/lpips.safetensors"])
+def test_vq_configs_build_their_tasks(spec):
+    from mmjax.models.vq import showo_magvitv2
+
+    task = VQTask(configlib.load_config_file(os.path.join(REPO, "configs/vq", spec)))
+    grid = task.image_size // task.vq_config.downsample_factor
+    if spec.startswith("tiny"):
+        assert grid == (4 if "tokens=4" in spec else 8) and task.vq_config.num_codes == 1024
+    if spec.startswith("photos"):
+        assert task.source("eval")[0]["image"].shape == (32, 32, 3)
+    if spec.startswith("showo"):
+        assert task.vq_config == showo_magvitv2() and grid == 32 and not task.gan
+    if spec.startswith("lfq_imagenet"):
+        assert task.vq_config.num_codes == 2 ** 18 and not task.vq_config.msb_first and task.gan
+        assert (task.lpips is not None) == ("lpips=" in spec)
+
+
+def test_released_weights_load_through_pretrained_variables(tmp_path):
+    from mmjax.convert.magvitv2 import save_magvitv2
+
+    task = VQTask(small_config(1))
+    x = jnp.zeros((1, 16, 16, 3))
+    params = nn.meta.unbox(jax.jit(task.init)(jax.random.key(3, impl="rbg"), {"image": x}))["params"]
+    save_magvitv2(tmp_path, params, task.vq_config)
+    config = small_config(1, f"pretrained.path={tmp_path}", "pretrained.format=magvitv2")
+    loaded = VQTask(config).pretrained_variables()["params"]
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))

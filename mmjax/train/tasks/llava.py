@@ -67,6 +67,11 @@ class LlavaTask(Task):
     def source(self, split: str) -> Any:
         cfg = self.config.data.get(split)
         if cfg is not None and cfg.get("name") == "llava_json":
+            if not cfg.json and split == "eval":  # no held-out file given: evaluate on the training file's head
+                cfg = self.config.data.train
+            if not cfg.json:
+                raise ValueError(f"config.data.{split}.json is empty: pass --config.data.{split}.json=FILE "
+                                 f"(and --config.data.{split}.images=DIR)")
             return LlavaJsonSource(cfg.json, cfg.get("images", ""))
         return super().source(split)
 

@@ -1,0 +1,226 @@
+"""Show-o task: batch rows and losses, a short training run on shapes (losses fall, samples and answers written,
+`python -m mmjax.sample` on its run), the 1.3B stage-1 step compiling on 8 CPU devices, and (slow) the tiny demo.
+
+The tests need a tokenizer run; `tokenizer_run` writes one in the layout of `configs/vq/tiny.py` runs
+(config.json with the VQConfig `model` section + an orbax checkpoint) with an untrained tiny LFQ model, which is
+enough to check the plumbing and that the transformer learns; the slow test trains the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from mmjax import configlib, sample
+from mmjax.models import showo_layout as sl
+from mmjax.models.vq import VQConfig, VQModel
+from mmjax.train.tasks.showo import ShowoTask, mtp_sums
+from mmjax.train.trainer import Trainer
+from tests.helpers import REPO, run
+
+TINY = os.path.join(REPO, "configs/showo/tiny.py")
+
+
+def write_tokenizer_run(workdir: str, tokens: int = 4) -> str:
+    """An untrained tiny LFQ tokenizer (64 codes) saved like a `vq` training run; weights drawn with numpy from
+    the abstract init, so writing it compiles nothing."""
+    config = configlib.load_config_file(os.path.join(REPO, f"configs/vq/tiny.py:tokens={tokens},bits=6"))
+    fields = configlib.to_dict(config.model)
+    model = VQModel(VQConfig.from_dict(fields))
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
+    rng = np.random.default_rng(0)
+
+    def draw(path, x):
+        name = str(path[-1])
+        if "scale" in name:
+            return np.ones(x.shape, np.float32)
+        if "bias" in name:
+            return np.zeros(x.shape, np.float32)
+        return rng.normal(0, 1 / np.sqrt(np.prod(x.shape[:-1])), x.shape).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump({"task": "vq", "model": fields, "ema_decay": 0.0}, f)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(os.path.abspath(workdir), "checkpoints", "1", "state"), {"params": params})
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    return write_tokenizer_run(str(tmp_path_factory.mktemp("vq") / "run"))
+
+
+def tiny_config(tokenizer: str, steps: int = 40, *overrides: str):
+    config = configlib.load_config_file(f"{TINY}:steps={steps},width=64,layers=2,records=256,tokenizer={tokenizer}")
+    small = ["log_every=10", "optim.warmup_steps=5", "optim.lr=3e-3", "eval.num_t2i=8", "eval.num_mmu=8",
+             "eval.batch=8", "eval.t2i_steps=3", "eval.max_new_tokens=4", "eval.loss_batches=1"]
+    return configlib.apply_overrides(config, [*small, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer_run, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("showo") / "run")
+    trainer = Trainer(tiny_config(tokenizer_run), workdir)
+    final = trainer.run()
+    return workdir, trainer, final
+
+
+def test_rows_are_t2i_lm_mmu_of_one_length(tokenizer_run):
+    task = ShowoTask(tiny_config(tokenizer_run))
+    v = task.vocab
+    assert (v.text_vocab_size, v.bos_id, v.eos_id, v.codebook_size) == (260, 257, 258, 64)
+    assert (task.n, task.seq_len, task.lm_config.vocab_size) == (16, 52 + 16 + 3, 260 + 10 + 64 + 1)
+    batch = task.batches("eval").bundle(0, None)
+    batch = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
+    ids, labels, sizes = jax.jit(task.build_rows)(None, batch, jax.random.key(0))
+    assert sizes == {"t2i": 16, "lm": 2, "mmu": 12} and ids.shape == (30, task.seq_len) == labels.shape
+    ids = np.asarray(ids)
+    assert (ids[:16, task.s + 1] == v.soi_id).all() and (ids[:16, -1] == v.eoi_id).all()
+    assert ((ids[:16] == v.t2i_id).sum(1) == 1).all() and (ids[:16] == v.mask_id).any(1).all()
+    assert (ids[16:18, 0] == v.bos_id).all() and not np.isin(ids[16:18], [v.soi_id, v.mmu_id]).any()
+    assert (ids[18:, 0] == v.mmu_id).all() and (ids[18:, 1] == v.soi_id).all() and (ids[18:, 18] == v.eoi_id).all()
+    # MMU labels: only the answer and its eos are supervised (qa format).
+    answer = [v.eos_id if t == v.eos_id else t for t in np.asarray(labels)[18] if t != v.ignore_id]
+    assert task.text.decode(answer[:-1]).strip() in ("red", "green", "blue", "yellow", "purple", "white", "circle",
+                                                     "square", "triangle", "diamond", "yes", "no")
+
+
+def test_all_image_tokens_unmasked_gives_no_mtp_image_terms():
+    v, s = sl.ShowoVocab(text_vocab_size=20, codebook_size=8, bos_id=1, eos_id=2), 6
+    text, lens = jnp.array([[4, 5, 6], [7, 0, 0]]), jnp.array([3, 1])
+    codes = jnp.array([[1, 2, 3, 4], [5, 6, 7, 0]])
+    logits = jax.random.normal(jax.random.key(0), (2, s + 4 + 3, v.vocab_size))
+
+    @jax.jit
+    def sums_for(image_mask):
+        _, labels = sl.t2i_layout(text, lens, v.image_token(codes), v, s, image_mask=image_mask)
+        return mtp_sums(logits, labels, s, v)
+
+    sums = sums_for(jnp.zeros((2, 4), bool))
+    assert float(sums["t2i_masked"]) == 0.0 and float(sums["t2i_correct"]) == 0.0
+    assert float(sums["t2i_count"]) == 4.0  # only <|soi|> and <|eoi|> of each row
+    lp = np.asarray(jax.nn.log_softmax(logits))
+    expected = -(lp[:, s + 1, v.soi_id] + lp[:, -1, v.eoi_id]).sum()
+    np.testing.assert_allclose(sums["t2i_nll"], expected, rtol=1e-5)
+    # Masking one image token adds exactly that position, predicting its own token (no shift).
+    one = sums_for(jnp.zeros((2, 4), bool).at[0, 2].set(True))
+    assert float(one["t2i_masked"]) == 1.0 and float(one["t2i_count"]) == 5.0
+    np.testing.assert_allclose(one["t2i_nll"] - sums["t2i_nll"], -lp[0, s + 1 + 1 + 2, v.image_offset + 3],
+                               rtol=1e-5)
+
+
+def test_lm_coeff_scales_only_the_lm_part(tokenizer_run):
+    task = ShowoTask(tiny_config(tokenizer_run))
+    batch = jax.tree.map(lambda x: jnp.asarray(x)[None], task.batches("eval").bundle(0, None))
+    params = jax.jit(task.init)(jax.random.key(0), batch)["params"]
+    losses = {}
+    for coeff in (0.1, 0.7):
+        task.config.showo.lm_coeff = coeff  # read when the loss is traced: a fresh jit sees the new value
+        losses[coeff] = jax.jit(task.loss_fn)(params, None, batch, jax.random.key(1))
+    (l1, (m1, _)), (l2, (m2, _)) = losses[0.1], losses[0.7]
+    for k in ("t2i_loss", "lm_loss", "mmu_loss"):
+        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-6)
+    np.testing.assert_allclose(l2 - l1, 0.6 * m1["lm_loss"], rtol=1e-5)
+    np.testing.assert_allclose(l1, m1["t2i_loss"] + 0.1 * m1["lm_loss"] + m1["mmu_loss"], rtol=1e-5)
+
+
+def test_short_run_learns_and_writes_samples(trained):
+    workdir, _, final = trained
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        train = [r for r in map(json.loads, f) if r["split"] == "train"]
+    first, last = train[0], train[-1]
+    assert last["t2i_loss"] < 0.9 * first["t2i_loss"] and last["mmu_loss"] < 0.7 * first["mmu_loss"]
+    for key in ("t2i_match", "t2i_colour", "mmu_accuracy", "t2i_loss", "mmu_loss", "t2i_masked_acc"):
+        assert key in final and np.isfinite(final[key])
+    samples = os.path.join(workdir, "samples")
+    assert os.path.exists(os.path.join(samples, "t2i_40.png"))
+    with open(os.path.join(samples, "answers_40.jsonl")) as f:
+        answers = [json.loads(line) for line in f]
+    assert len(answers) == 8 and {"question", "answer", "prediction", "correct"} <= set(answers[0])
+
+
+def test_sample_cli_on_the_run(trained, tmp_path):
+    from PIL import Image
+
+    from mmjax.data.shapes import render
+
+    workdir = trained[0]
+    image, mask = tmp_path / "red.png", tmp_path / "mask.png"
+    Image.fromarray(render([dict(shape="circle", colour="red", cx=16, cy=16, r=9)], 32)).save(image)
+    Image.fromarray(np.pad(np.full((32, 16), 255, np.uint8), ((0, 0), (16, 0)))).save(mask)
+    out = str(tmp_path / "out")
+    sample.main(["--workdir", workdir, "--task", "t2i", "--prompt", "a red circle", "--num", "2", "--out", out,
+                 "--steps", "2"])
+    assert sorted(os.listdir(out)) == ["grid.png", "sample_0.png", "sample_1.png"]
+    sample.main(["--workdir", workdir, "--task", "mmu", "--image", str(image), "--question",
+                 "What color is the shape?", "--out", out])
+    with open(os.path.join(out, "answers.jsonl")) as f:
+        assert json.loads(f.readline())["question"] == "What color is the shape?"
+    sample.main(["--workdir", workdir, "--task", "inpaint", "--image", str(image), "--mask", str(mask),
+                 "--prompt", "a blue square", "--num", "1", "--out", str(tmp_path / "inpaint"), "--steps", "2"])
+    sample.main(["--workdir", workdir, "--task", "extrapolate", "--image", str(image), "--prompt", "a red circle",
+                 "--num", "1", "--out", str(tmp_path / "wide"), "--steps", "2"])
+    assert Image.open(tmp_path / "wide" / "sample_0.png").size == (48, 32)
+
+
+COMPILE_SCRIPT = r"""
+import time, jax, jax.numpy as jnp
+from mmjax import configlib
+from mmjax.train import sharding
+from mmjax.train.trainer import Trainer
+assert jax.device_count() == 8
+config = configlib.apply_overrides(configlib.load_config_file("configs/showo/pretrain.py:stage=1,res=256,devices=8"),
+                                   ["showo.mix.t2i=1", "showo.mix.lm=1", "showo.mix.mmu=1"])
+t0 = time.time()
+trainer = Trainer(config, "{workdir}")
+trainer.build()
+batch = trainer.task.example_batch(config.batch_size)
+abstract = {{k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(trainer.mesh))
+            for k, v in batch.items()}}
+with trainer.activate():
+    compiled = trainer._step.lower(trainer.abstract_state, abstract).compile()
+print("PARAMS", trainer.num_params, "SEQ", trainer.task.seq_len, "COMPILED", round(time.time() - t0, 1))
+"""
+
+
+def test_showo_13b_stage1_step_compiles_on_8_devices(tmp_path):
+    result = run([sys.executable, "-c", COMPILE_SCRIPT.format(workdir=tmp_path)], devices=8, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("PARAMS")).split()
+    assert int(line[1]) == 1_448_176_770 and int(line[3]) == 387
+
+
+@pytest.mark.slow
+def test_tiny_demo_reaches_its_targets(tmp_path):
+    """The demo: tokenizer run + Show-o run on the CPU; final t2i_match >= 0.8 and mmu_accuracy >= 0.9."""
+    tok = str(tmp_path / "vq")
+    done = run([sys.executable, "-m", "mmjax.train", "--config", "configs/vq/tiny.py:tokens=4,bits=6", "--workdir",
+                tok], timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    showo = str(tmp_path / "showo")
+    done = run([sys.executable, "-m", "mmjax.train", "--config", f"configs/showo/tiny.py:tokenizer={tok}", "--workdir",
+                showo], timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(showo, "metrics.jsonl")) as f:
+        final = [r for r in map(json.loads, f) if r.get("final")][-1]
+    assert final["t2i_match"] >= 0.8 and final["mmu_accuracy"] >= 0.9, final
+
+
+def test_optimizer_sees_no_tokenizer_params(trained):
+    """The frozen tokenizer lives in model_state, never in the optimised params."""
+    _, trainer, _ = trained
+    state = trainer.state
+    assert set(state.params) == {"lm"} and "tokenizer" in state.model_state
+    assert not any("tokenizer" in str(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
+    assert isinstance(trainer.tx, optax.GradientTransformation)
