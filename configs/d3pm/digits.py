@@ -17,7 +17,7 @@ from mmjax.train.defaults import trainer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=2500, labels=0)
+    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=2000, labels=0)
     c = trainer_config(task="d3pm", batch_size=64, total_steps=arg.steps, log_every=100,
                        checkpoint_every=1000, eval_every=0, ema_decay=0.0)
     c.num_levels = arg.levels
@@ -37,5 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         choice_temperature=0.0,       # 0: the rule's default (maskgit 4.5, annealed)
         guidance_scale=0.0))          # MaskGIT classifier-free guidance (class-conditional runs only)
     c.eval = ml_collections.ConfigDict(dict(loss_repeats=4))
-    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", clip_norm=1.0)
+    c.optim.update(name="adamw", lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", clip_norm=1.0)
     return c

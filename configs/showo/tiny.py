@@ -37,8 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text = ml_collections.ConfigDict(dict(kind="byte", path="", bos="", eos=""))
     c.vocab = ml_collections.ConfigDict(dict(text_vocab_size=-1, bos_id=-1, eos_id=-1, codebook_size=0,
                                              special_tokens=SHOWO_SPECIAL_TOKENS))
-    c.tokenizer = ml_collections.ConfigDict(dict(workdir=arg.tokenizer, converted="", image_size=32,
-                                                 pretokenize=True))
+    c.tokenizer = ml_collections.ConfigDict(dict(workdir=arg.tokenizer, converted="", model=ml_collections.ConfigDict(),
+                                                 image_size=32, pretokenize=True))
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=52, mix=ml_collections.ConfigDict(dict(t2i=16, lm=2, mmu=12)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,

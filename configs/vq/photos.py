@@ -6,7 +6,9 @@ Data:      `photos` (mmjax/data/photos.py): random 32x32 crops at scales 1, 1/2,
            1,024 fixed crops of 4 OTHER photos (chelsea, rocket, camera, brick) the tokenizer never sees.
 Model:     the tiny tokenizer of configs/vq/tiny.py (ch 16, /4 -> 8x8 ids), 2^10 codes (photos carry more detail
            than shapes), MSB-first LFQ. L1 + L2 only (no LPIPS weights here, no GAN).
-Hardware:  2 shared CPU cores. Measured held-out PSNR, wall time and date: docs/tokenizer.md.
+Hardware:  2 shared CPU cores: 7 min 51 s wall under heavy sharing (4 min 30 s of CPU), 2026-11-28.
+Expected:  held-out (unseen photos) `psnr` 24.82 dB, ssim 0.735, `codebook_usage` 0.991 (docs/tokenizer.md; a 4x
+           bicubic thumbnail of the same crops, 2.4x more bits than the ids, gives 29.45 dB).
 """
 
 import importlib.util

@@ -4,6 +4,7 @@ under a causal mask and under Show-o's omni-attention mask; export round-trips; 
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,28 @@ def test_every_key_is_checked(release, tmp_path):
         load_showo(tmp_path / "extra.safetensors", _cfg(), vocab=VOCAB, w_clip_vit=False)
     with pytest.raises(ValueError, match="vocab_size"):
         load_showo(release[0], _cfg().replace(vocab_size=99), vocab=VOCAB)
+
+
+def test_phi_init_keeps_phi_rows_and_leaves_new_parts_fresh(tmp_path):
+    from flax import traverse_util
+
+    from mmjax.convert.showo import phi_to_showo_params
+
+    torch.manual_seed(1)
+    hf = transformers.PhiForCausalLM(transformers.PhiConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4))
+    hf.save_pretrained(tmp_path)
+    cfg = _cfg(scan_layers=True)
+    params = phi_to_showo_params(tmp_path, cfg, VOCAB, seed=0)
+    fresh = jax.eval_shape(Showo(cfg, VOCAB).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    fresh = traverse_util.flatten_dict(jax.tree.map(lambda x: x.shape, nn.unbox(fresh["params"]["lm"])))
+    loaded = traverse_util.flatten_dict(params)
+    assert set(fresh) - set(loaded) == {k for k in fresh if k[-2] in ("q_norm", "k_norm")} != set()
+    for k, v in loaded.items():
+        assert v.shape == fresh[k], k
+    emb = hf.model.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(params["embed_tokens"]["embedding"][:64], emb)
+    assert params["embed_tokens"]["embedding"].shape == (VOCAB.vocab_size, 64)
+    np.testing.assert_array_equal(params["lm_head"]["bias"][64:], 0.0)
+    with pytest.raises(ValueError, match="architecture"):
+        phi_to_showo_params(tmp_path, _cfg().replace(num_layers=3), VOCAB)

@@ -93,6 +93,8 @@ class ShowoTask(Task):
         self.s = int(config.showo.max_text_len)
         self.mix = {p: int(config.showo.mix.get(p, 0)) for p in sb.PARTS}
         self.vq_config, self._tokenizer_key = sb.tokenizer_config(config.tokenizer)
+        with config.unlocked():  # the resolved config.json then names the tokenizer: sampling needs only the run
+            config.tokenizer.model = ml_collections.ConfigDict(sb.vq_fields(self.vq_config))
         self.vq_model = VQModel(self.vq_config)
         self.image_size = int(config.tokenizer.image_size)
         f = self.vq_config.downsample_factor
@@ -315,7 +317,7 @@ class ShowoTask(Task):
         data = self.batches("eval")
         source = data.sources["t2i"]
         n = min(int(self.config.eval.num_t2i), len(source))
-        prompts = [data.builder._caption("t2i", source[i]) for i in range(n)]
+        prompts = [data.builder.caption("t2i", source[i]) for i in range(n)]
         images = self.generate_images(params, model_state, prompts, jax.random.key(self.config.eval.seed))
         os.makedirs(os.path.dirname(grid_path), exist_ok=True)
         geneval.save_png(geneval.image_grid(list(images), cols=8), grid_path)

@@ -16,6 +16,7 @@ more than the transformer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,18 +43,27 @@ PART_FIELDS = ("source", "text_field", "class_names", "format")
 
 # ----------------------------------------------------------------------------------------- image tokenizer
 def tokenizer_config(cfg: ml_collections.ConfigDict) -> tuple[VQConfig, str]:
-    """The tokenizer's VQConfig and which params to load: a tokenizer run's `config.json` (`model` section,
-    EMA params when that run kept them) or `config.tokenizer.model` for converted released weights."""
-    if cfg.workdir:
-        path = os.path.join(cfg.workdir, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config.tokenizer.workdir={cfg.workdir!r} has no config.json (train one with "
-                                    "python -m mmjax.train --config configs/vq/tiny.py --workdir ...)")
-        with open(path) as f:
-            run = json.load(f)
-        return VQConfig.from_dict(run["model"]), "ema_params" if run.get("ema_decay") else "params"
+    """The tokenizer's VQConfig and which params to load. `config.tokenizer.model` when set (released weights;
+    and every run records its tokenizer's fields there, so sampling needs only the run), else the tokenizer
+    run's `config.json` (`model` section; EMA params when that run kept them)."""
     fields = configlib.to_dict(cfg.model) if "model" in cfg else {}
-    return (VQConfig.from_dict(fields) if fields else VQConfig()), "params"
+    key = "params"
+    if cfg.workdir and os.path.isfile(os.path.join(cfg.workdir, "config.json")):
+        with open(os.path.join(cfg.workdir, "config.json")) as f:
+            run = json.load(f)
+        key = "ema_params" if run.get("ema_decay") else "params"
+        if fields and VQConfig.from_dict(fields) != VQConfig.from_dict(run["model"]):
+            raise configlib.ConfigError(f"config.tokenizer.model differs from {cfg.workdir}/config.json's model")
+        fields = fields or run["model"]
+    elif cfg.workdir and not fields:
+        raise FileNotFoundError(f"config.tokenizer.workdir={cfg.workdir!r} has no config.json (train one with "
+                                "python -m mmjax.train --config configs/vq/tiny.py --workdir ...)")
+    return (VQConfig.from_dict(fields) if fields else VQConfig()), key
+
+
+def vq_fields(vq_config: VQConfig) -> dict[str, Any]:
+    """VQConfig as plain config values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(vq_config).items()}
 
 
 def load_tokenizer_variables(cfg: ml_collections.ConfigDict, vq_config: VQConfig, key: str) -> dict[str, Any]:
@@ -129,7 +139,7 @@ class ExampleBuilder:
         self.s, self.seq_len, self.image_size = max_text_len, seq_len, image_size
         self._class_names: dict[str, list[str]] = {}
 
-    def _caption(self, part: str, record: Mapping[str, Any]) -> str:
+    def caption(self, part: str, record: Mapping[str, Any]) -> str:
         cfg = self.parts[part]
         field = cfg.get("text_field") or "caption"
         if field in record:
@@ -156,12 +166,12 @@ class ExampleBuilder:
         return load_image(paths[0], self.image_size, paths[0])
 
     def t2i(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        ids = self.tok.encode(self._caption("t2i", record))
+        ids = self.tok.encode(self.caption("t2i", record))
         return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
                 "image": self.image(record, "t2i")}
 
     def lm(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        ids = self.tok.encode(self._caption("lm", record))
+        ids = self.tok.encode(self.caption("lm", record))
         return {"text": pad_ids(ids, self.seq_len), "text_len": np.int32(min(len(ids), self.seq_len))}
 
     def mmu(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -176,7 +186,7 @@ class ExampleBuilder:
             answer = [*self.tok.encode(" " + str(record["answer"])), v.eos_id]
             ids, target = prompt + answer, [False] * len(prompt) + [True] * len(answer)
         elif fmt == "caption":
-            text = self.tok.encode(self._caption("mmu", record))[: self.s - 2]
+            text = self.tok.encode(self.caption("mmu", record))[: self.s - 2]
             ids = [v.bos_id, *text, v.eos_id]
             target = [True] * len(ids)
         elif fmt == "conversation":
@@ -196,25 +206,38 @@ class ExampleBuilder:
         return getattr(self, part)(record)
 
 
-def pretokenize(source: Any, builder: ExampleBuilder, part: str, encode: Any, batch: int = 256,
-                codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every example of a (small) source, built once, images replaced by their codes: {field: (n, ...)}.
-    `codes` are the source's codes when another part already encoded the same source."""
+def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encode: Any, batch: int = 256
+               ) -> dict[str, dict[str, np.ndarray]]:
+    """Every example of a (small) source for each of `parts`, built once, images replaced by their codes:
+    {part: {field: (n, ...)}}. Each record is read (rendered, decoded) and each image encoded once, however many
+    parts share the source."""
     n = len(source)
     if n > 200_000:
-        raise configlib.ConfigError(f"pretokenize is for small sources; {part} has {n} records "
+        raise configlib.ConfigError(f"pretokenize is for small sources; {parts} have {n} records "
                                     "(set tokenizer.pretokenize=False to tokenize on device)")
-    columns: dict[str, list[np.ndarray]] = {}
+    columns: dict[str, dict[str, list[np.ndarray]]] = {p: {} for p in parts}
+    images: list[np.ndarray] = []
     for i in range(n):
-        for k, val in builder.build(part, source[i]).items():
-            columns.setdefault(k, []).append(val)
-    out = {k: np.stack(v) for k, v in columns.items() if k != "image"}
-    if "image" in columns:
-        if codes is None:
-            images = columns["image"]
-            codes = np.concatenate([np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)])
-        out["codes"] = codes.reshape(n, -1).astype(np.int32)
-    log.info("pretokenized %d %s examples", n, part)
+        record = source[i]
+        if record is None:
+            raise ValueError(f"pretokenize: record {i} of the {parts} source is undecodable")
+        for part in parts:
+            example = builder.build(part, record)
+            if "image" in example and len(images) == i:
+                images.append(example["image"])
+            for k, val in example.items():
+                if k != "image":
+                    columns[part].setdefault(k, []).append(val)
+    codes = None
+    if images:
+        codes = np.concatenate([np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)])
+        codes = codes.reshape(n, -1).astype(np.int32)
+    out = {}
+    for part in parts:
+        out[part] = {k: np.stack(v) for k, v in columns[part].items()}
+        if part in ("t2i", "mmu"):
+            out[part]["codes"] = codes
+    log.info("pretokenized %d examples for %s", n, "/".join(parts))
     return out
 
 
@@ -253,12 +276,9 @@ class ShowoBatches:
                 by_key[key] = open_source(parts[part]["source"])
             self.sources[part], self._keys[part] = by_key[key], key
         if encode is not None:
-            codes: dict[str, np.ndarray] = {}
-            for part in self.sources:
-                self.cache[part] = pretokenize(self.sources[part], builder, part, encode,
-                                               codes=codes.get(self._keys[part]))
-                if "codes" in self.cache[part]:
-                    codes[self._keys[part]] = self.cache[part]["codes"]
+            for key, source in by_key.items():
+                self.cache.update(pretokenize(source, builder, [p for p in self.sources if self._keys[p] == key],
+                                              encode))
         self.skipped = 0
 
     def __len__(self) -> int:
