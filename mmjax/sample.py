@@ -57,12 +57,13 @@ def _prompts(task: Any, prompt: str, num: int) -> tuple[np.ndarray, np.ndarray]:
     return task.text_batch([prompt] * num, task.s)
 
 
-def _decode_and_save(task: Any, model_state: Any, codes: Any, out: str, grid: int | None = None) -> list[str]:
+def _decode_and_save(task: Any, model_state: Any, codes: Any, out: str) -> list[str]:
+    """Codes (B, N) or grids (B, h, w) (extrapolated grids are not square) -> OUT/sample_<i>.png + grid.png."""
     from mmjax.eval import geneval
     from mmjax.models.vq import decode_ids
 
     codes = jnp.asarray(codes)
-    if grid is not None:  # extrapolated grids are not square
+    if codes.ndim == 3:
         pixels = decode_ids(task.vq_model, model_state["tokenizer"], codes)
         images = np.asarray(jnp.round((pixels + 1.0) * 127.5).clip(0, 255)).astype(np.uint8)
     else:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"images": _decode_and_save(task, model_state, new, args.out)}
     grid = codes.reshape(args.num, task.grid, task.grid)
     new = showo_model.extrapolate(task.model, params, text, lens, grid, args.direction, rng, offset=args.offset, **kw)
-    return {"images": _decode_and_save(task, model_state, new, args.out, grid=new.shape[1])}
+    return {"images": _decode_and_save(task, model_state, new, args.out)}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

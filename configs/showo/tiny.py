@@ -28,7 +28,7 @@ def shapes(seed: int, num_records: int) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, steps=1200, width=128, layers=3, tokenizer="runs/vq_tiny4", records=4000)
+    arg = parse_arg(arg, steps=1000, width=128, layers=3, tokenizer="runs/vq_tiny4", records=4000)
     c = trainer_config(task="showo", batch_size=1, total_steps=arg.steps, log_every=100,
                        checkpoint_every=arg.steps, eval_every=0)
     c.model = ml_collections.ConfigDict(dict(
@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer = ml_collections.ConfigDict(dict(workdir=arg.tokenizer, converted="", model=ml_collections.ConfigDict(),
                                                  image_size=32, pretokenize=True))
     c.showo = ml_collections.ConfigDict(dict(
-        max_text_len=52, mix=ml_collections.ConfigDict(dict(t2i=16, lm=2, mmu=12)),
-        t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
+        max_text_len=52, mix=ml_collections.ConfigDict(dict(t2i=8, lm=1, mmu=20)),
+        t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=2.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
         mask_schedule="cosine", label_smoothing=0.0))
     part = lambda seed, n, **kw: ml_collections.ConfigDict(dict(source=shapes(seed, n), **kw))
     c.data.train = ml_collections.ConfigDict(dict(
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         t2i=part(1, 256, text_field="caption"), lm=part(1, 256, text_field="caption"),
         mmu=part(1, 256, format="qa")))
     c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
-    c.eval = ml_collections.ConfigDict(dict(num_t2i=48, num_mmu=96, t2i_steps=8, guidance_scale=2.0,
+    c.eval = ml_collections.ConfigDict(dict(num_t2i=96, num_mmu=256, t2i_steps=8, guidance_scale=2.0,
                                             temperature=1.0, max_new_tokens=10, loss_batches=2, batch=48, seed=0))
     c.optim.update(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.01, warmup_steps=100, schedule="cosine",
                    clip_norm=1.0)
