@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(dict(
         kind=arg.kind, num_steps=64,
         schedule="",                  # "": D3PM's default per kind (absorbing: mutual_info, uniform: cosine)
-        hybrid_coeff=0.01))
+        hybrid_coeff=0.1))
     c.model = ml_collections.ConfigDict(dict(width=64, depth=4, num_heads=4, mlp_dim=256, num_labels=arg.labels,
                                              time_mode="add", posemb="learned", dropout=0.0))
     c.sample = ml_collections.ConfigDict(dict(

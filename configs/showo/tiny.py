@@ -9,11 +9,14 @@ Data:      `shapes` single-object scenes ("a red circle"): T2I on the captions, 
            corpus (LM rows), and the scenes' single-word questions for MMU ("What color is the shape?"), asked in
            Show-o's inference format `<bos> USER: \n q ASSISTANT:` with the byte tokenizer (260 text ids; the
            10 Show-o specials, the tokenizer's codes and [MASK] follow: ShowoVocab). Train seed 0, held-out seed 1.
-Model:     a Phi-style block (parallel attention + MLP, partial RoPE, QK LayerNorm) of width 128; the image
-           tokens are pre-tokenized once at start (`tokenizer.pretokenize`), the fastest path on a CPU.
-Hardware:  2 shared CPU cores; measured wall times are in docs/showo.md.
+Model:     a Phi-style block (parallel attention + MLP, partial RoPE, QK LayerNorm) of width 128, 3 layers; the image
+           tokens are pre-tokenized once at start (`tokenizer.pretokenize`), the fastest path on a CPU. Rows per
+           step: 8 T2I, 1 LM, 20 MMU (L = 52 + 16 + 3 = 71); 1,000 steps; loss 1.0 MTP + 0.1 LM + 2.0 MMU (the
+           released configs use 1.0 for MMU: here the rare "yes" answers need the larger share of Adam's step).
+Hardware:  2 shared CPU cores. Measured 2026-11-28 (load average 7-8 from other jobs): tokenizer 5 min 33 s, this run
+           4 min 03 s, 9 min 36 s together (docs/showo.md).
 Expected:  final eval `t2i_match` >= 0.8 (held-out prompts, colour AND shape right by pixel analysis) and
-           `mmu_accuracy` >= 0.9 (held-out questions, exact match); see docs/showo.md for the measured numbers.
+           `mmu_accuracy` >= 0.9 (held-out questions, exact match); measured 0.958 and 0.930.
 """
 
 import ml_collections

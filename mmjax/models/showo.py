@@ -96,12 +96,15 @@ class Showo(nn.Module):
         return self.mm_projector(features)
 
     def __call__(self, ids: Array | None = None, *, positions: Array | None = None, mask: Array | None = None,
-                 is_causal: bool = False, cache: KVCache | None = None,
+                 is_causal: bool | None = None, cache: KVCache | None = None,
                  embeds: Array | None = None) -> Array | tuple[Array, KVCache]:
         """Float32 logits (B, T, vocab). Without `mask` (and without a cache) the Show-o mask is built from `ids`;
-        a given mask is used as is (ANDed with causal when `is_causal`), which is what generation passes."""
+        a given mask is used as is (ANDed with causal when `is_causal`), which is what generation passes.
+        `is_causal` defaults to False with a mask and to True without one (spliced `embeds`, no mask)."""
         if mask is None and cache is None and ids is not None:
             mask, is_causal = self.attention_mask(ids), False
+        if is_causal is None:
+            is_causal = mask is None
         if self.w_clip_vit and self.is_initializing():
             self.project_features(jnp.zeros((1, 1, self.clip_hidden_size), jnp.dtype(self.cfg.dtype)))
         return self.lm(ids, positions=positions, mask=mask, is_causal=is_causal, cache=cache, embeds=embeds)

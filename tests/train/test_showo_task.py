@@ -84,14 +84,17 @@ def test_rows_are_t2i_lm_mmu_of_one_length(tokenizer_run):
     batch = task.batches("eval").bundle(0, None)
     batch = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
     ids, labels, sizes = jax.jit(task.build_rows)(None, batch, jax.random.key(0))
-    assert sizes == {"t2i": 16, "lm": 2, "mmu": 12} and ids.shape == (30, task.seq_len) == labels.shape
+    t, lm, mmu = task.mix["t2i"], task.mix["lm"], task.mix["mmu"]
+    assert sizes == task.mix and ids.shape == (t + lm + mmu, task.seq_len) == labels.shape
     ids = np.asarray(ids)
-    assert (ids[:16, task.s + 1] == v.soi_id).all() and (ids[:16, -1] == v.eoi_id).all()
-    assert ((ids[:16] == v.t2i_id).sum(1) == 1).all() and (ids[:16] == v.mask_id).any(1).all()
-    assert (ids[16:18, 0] == v.bos_id).all() and not np.isin(ids[16:18], [v.soi_id, v.mmu_id]).any()
-    assert (ids[18:, 0] == v.mmu_id).all() and (ids[18:, 1] == v.soi_id).all() and (ids[18:, 18] == v.eoi_id).all()
+    assert (ids[:t, task.s + 1] == v.soi_id).all() and (ids[:t, -1] == v.eoi_id).all()
+    assert ((ids[:t] == v.t2i_id).sum(1) == 1).all() and (ids[:t] == v.mask_id).any(1).all()
+    assert (ids[t:t + lm, 0] == v.bos_id).all() and not np.isin(ids[t:t + lm], [v.soi_id, v.mmu_id]).any()
+    m = t + lm
+    assert (ids[m:, 0] == v.mmu_id).all() and (ids[m:, 1] == v.soi_id).all() and (ids[m:, 18] == v.eoi_id).all()
     # MMU labels: only the answer and its eos are supervised (qa format).
-    answer = [v.eos_id if t == v.eos_id else t for t in np.asarray(labels)[18] if t != v.ignore_id]
+    answer = [tok for tok in np.asarray(labels)[m] if tok != v.ignore_id]
+    assert answer[-1] == v.eos_id
     assert task.text.decode(answer[:-1]).strip() in ("red", "green", "blue", "yellow", "purple", "white", "circle",
                                                      "square", "triangle", "diamond", "yes", "no")
 
@@ -132,7 +135,8 @@ def test_lm_coeff_scales_only_the_lm_part(tokenizer_run):
     for k in ("t2i_loss", "lm_loss", "mmu_loss"):
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-6)
     np.testing.assert_allclose(l2 - l1, 0.6 * m1["lm_loss"], rtol=1e-5)
-    np.testing.assert_allclose(l1, m1["t2i_loss"] + 0.1 * m1["lm_loss"] + m1["mmu_loss"], rtol=1e-5)
+    mmu_coeff = task.config.showo.mmu_coeff
+    np.testing.assert_allclose(l1, m1["t2i_loss"] + 0.1 * m1["lm_loss"] + mmu_coeff * m1["mmu_loss"], rtol=1e-5)
 
 
 def test_short_run_learns_and_writes_samples(trained):
