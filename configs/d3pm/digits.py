@@ -17,7 +17,7 @@ from mmjax.train.defaults import trainer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=2000, labels=0)
+    arg = parse_arg(arg, kind="absorbing", sampler="ancestral", levels=4, steps=3000, labels=0)
     c = trainer_config(task="d3pm", batch_size=64, total_steps=arg.steps, log_every=100,
                        checkpoint_every=1000, eval_every=0, ema_decay=0.0)
     c.num_levels = arg.levels
@@ -30,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         schedule="",                  # "": D3PM's default per kind (absorbing: mutual_info, uniform: cosine)
         hybrid_coeff=0.1))
     c.model = ml_collections.ConfigDict(dict(width=64, depth=4, num_heads=4, mlp_dim=256, num_labels=arg.labels,
-                                             time_mode="add", posemb="learned", dropout=0.0))
+                                             time_mode="add", posemb="learned", conv_stem=3, conv_stem_depth=2,
+                                             dropout=0.0))
     c.sample = ml_collections.ConfigDict(dict(
         sampler=arg.sampler, num_samples=256, seed=0, temperature=1.0,
         maskgit_steps=16, maskgit_rule="maskgit", maskgit_schedule="cosine",

@@ -15,8 +15,8 @@ Conditioning: the timestep t goes through a sinusoidal embedding and an MLP and 
 network samples both conditionally and unconditionally, and MaskGIT's classifier-free guidance has its
 unconditional branch).
 
-Param names: token_embedding, pos_embedding, time_mlp/{fc1,fc2}, label_embedding, block_<i>/{ln1,attn,ln2,mlp},
-final_norm, head.
+Param names: token_embedding, conv_stem_<i>, pos_embedding, time_mlp/{fc1,fc2}, label_embedding,
+block_<i>/{ln1,attn,ln2,mlp}, final_norm, head.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class Denoiser(nn.Module):
     mlp_dim: int = 512
     num_labels: int = 0               # > 0: class-conditional; label id `num_labels` = unconditional
     time_mode: str = "add"            # add | token
-    conv_stem: int = 3                # > 0: a k x k conv over the embedded grid before the blocks (0: none)
+    conv_stem: int = 3                # kernel of the conv stem over the embedded grid (0: no stem)
+    conv_stem_depth: int = 2          # conv layers in the stem
     posemb: str = "learned"           # learned (sin-cos initialised) | sincos2d (fixed)
     ln_eps: float = 1e-6
     dropout: float = 0.0
@@ -105,17 +106,23 @@ class Denoiser(nn.Module):
         return self.param(name, init, (rows, self.width), self.param_dtype)
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
-        """k x k conv over the token grid: each token starts out knowing its neighbours' ids.
+        """`conv_stem_depth` k x k convs (GELU between) over the token grid: tokens start out knowing their
+        neighbourhood (a (2k-1)^2 window for two layers).
 
         Why: attention has to *learn* which positions are neighbours; until it has, the denoiser can only
-        predict per-pixel marginals. On 8x8 digits the attention-only model sat on that plateau for hundreds
-        of steps, a long way into a CPU budget; the conv stem removes it.
+        predict per-pixel marginals. On 8x8 digits the attention-only model sat on that plateau for 1,500+
+        steps; one 3x3 conv removed the plateau, and a second one lowered the test NELBO at 400 steps from
+        0.69 to 0.65 nats/token (measured, docs/d3pm.md).
         """
         k = self.conv_stem
-        return nn.Conv(self.width, (k, k), padding="SAME", name="conv_stem", dtype=self.dtype,
-                       param_dtype=self.param_dtype,
-                       kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
-                       bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)))(x)
+        for i in range(self.conv_stem_depth):
+            if i:
+                x = nn.gelu(x)
+            x = nn.Conv(self.width, (k, k), padding="SAME", name=f"conv_stem_{i}", dtype=self.dtype,
+                        param_dtype=self.param_dtype,
+                        kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
+                        bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)))(x)
+        return x
 
     def _position_embedding(self, grid: tuple[int, ...]) -> jax.Array:
         """(1, N, width). "learned" is a free table INITIALISED at the 2-D sin-cos layout, not at small noise.
@@ -143,7 +150,7 @@ class Denoiser(nn.Module):
         batch, n = tokens.shape[0], math.prod(grid)
         table = self._embed_table("token_embedding", self.num_classes + 1)
         x = jnp.take(table, tokens.reshape(batch, n), axis=0).astype(self.dtype)
-        if self.conv_stem and len(grid) == 2:
+        if self.conv_stem and self.conv_stem_depth and len(grid) == 2:
             x = x + self._conv_stem(x.reshape(batch, *grid, self.width)).reshape(batch, n, self.width)
         x = x + self._position_embedding(grid).astype(self.dtype)
 

@@ -79,11 +79,16 @@ def load_params(workdir: str, *, key: str = "params") -> Any:
     state_dir, _ = latest_state_dir(workdir)
     with ocp.StandardCheckpointer() as ckptr:
         metadata = ckptr.metadata(state_dir)
-        tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-        if key not in tree or tree[key] is None:
-            raise CheckpointError(f"{state_dir} has no {key!r}")
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                                             sharding=jax.sharding.SingleDeviceSharding(
-                                                                 jax.devices()[0])), tree)
-        restored = ckptr.restore(state_dir, target)
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = getattr(tree, "tree", tree)
+        if tree is None:  # older orbax (0.12.4) keeps no item metadata here: restore everything as saved
+            restored = ckptr.restore(state_dir)
+        else:
+            if key not in tree or tree[key] is None:
+                raise CheckpointError(f"{state_dir} has no {key!r}")
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+            restored = ckptr.restore(state_dir, target)
+    if key not in restored or restored[key] is None:
+        raise CheckpointError(f"{state_dir} has no {key!r}")
     return restored[key]

@@ -66,9 +66,10 @@ def test_maskgit_sampler_needs_absorbing():
 
 
 def test_short_training_run_samples_digits(tmp_path):
-    config = load("sampler=both", "total_steps=400", "batch_size=32", "log_every=50", "checkpoint_every=400",
-                  "optim.warmup_steps=20", "optim.lr=2e-3", "model.width=48", "model.depth=2",
-                  "model.mlp_dim=192", "diffusion.num_steps=16", "sample.num_samples=128", "eval.loss_repeats=1")
+    # 400 steps of a 2-block model (~40 s on 2 idle CPU cores). The full config reaches lower NELBO and
+    # higher confidence (docs/d3pm.md); this checks that the whole path learns, samples and is judged.
+    config = load("sampler=both", "total_steps=400", "batch_size=64", "log_every=50", "checkpoint_every=400",
+                  "optim.warmup_steps=20", "optim.lr=3e-3", "model.depth=2", "eval.loss_repeats=1")
     final = Trainer(config, str(tmp_path)).run()
     with open(tmp_path / "metrics.jsonl") as f:
         train = [r for r in map(json.loads, f) if r["split"] == "train"]
@@ -76,9 +77,11 @@ def test_short_training_run_samples_digits(tmp_path):
     assert all(isinstance(final[k], float) for k in final if k not in ("step", "split", "final"))
     assert os.path.isfile(tmp_path / "samples" / "step_400.png")
     assert os.path.isfile(tmp_path / "samples" / "step_400_maskgit.png")
-    # The yardsticks: the classifier is sure of real digits and unsure of noise.
+    # The yardsticks: the classifier is sure of real digits and much less of noise.
     assert final["real_accuracy"] > 0.9 and final["real_confidence"] > final["noise_confidence"] + 0.2
-    assert final["sample_confidence"] > final["noise_confidence"] + 0.1, final
-    assert final["sample_confidence"] > final["marginal_confidence"] + 0.1, final
-    assert final["maskgit_sample_confidence"] > final["noise_confidence"] + 0.1, final
-    assert final["sample_classes_covered"] >= 7, final
+    # It learned structure between pixels: a model of per-pixel marginals alone has a NELBO of ~0.84 nats/token.
+    assert final["nelbo"] < 0.75, final
+    for prefix in ("", "maskgit_"):
+        assert final[f"{prefix}sample_confidence"] > final["noise_confidence"] + 0.03, final
+        assert final[f"{prefix}sample_confidence"] > final["marginal_confidence"] + 0.05, final
+        assert final[f"{prefix}sample_classes_covered"] >= 8, final
