@@ -5,9 +5,13 @@ Variants:  configs/d3pm/digits.py:sampler=maskgit        (MaskGIT decoding from 
            configs/d3pm/digits.py:sampler=both           (both samplers in one evaluation; maskgit_* metrics)
            configs/d3pm/digits.py:kind=uniform           (uniform-transition D3PM, ancestral sampling only)
            configs/d3pm/digits.py:labels=10              (class-conditional, 10% label dropout)
-           configs/d3pm/digits.py:levels=8,steps=3000
-Hardware:  2 CPU cores (shared), about TODO minutes.
-Expected:  TODO (see docs/d3pm.md).
+           configs/d3pm/digits.py:levels=8,steps=5000    (not measured)
+Hardware:  2 CPU cores, 7.6 minutes (3000 steps of batch 64, 312k params; measured 2026-11-28, cores shared).
+Expected:  test NELBO 0.550 nats/token; 256 samples judged by a logistic-regression digits classifier:
+           sample_confidence 0.740 ancestral / 0.767 MaskGIT (real test digits 0.902, uniform noise 0.588,
+           per-pixel-marginal noise 0.567), all 10 classes, class entropy 2.28 (ln 10 = 2.30).
+           kind=uniform: NELBO 0.731, confidence 0.676. labels=10: confidence 0.890 / 0.939, the requested
+           label in 95-96% of samples. Details and how to read these numbers: docs/d3pm.md.
 """
 
 import ml_collections
