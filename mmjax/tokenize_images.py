@@ -227,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean PSNR {summary['mean_psnr']:.2f} dB over {len(summary['psnr'])} images -> {args.out}")
         return 0
     from mmjax import configlib
-    from mmjax.train.tasks.vq import image_source
+    from mmjax.data.sources import make_source
 
     data_cfg = configlib.load_config_file(args.dataset_config)
     if args.split not in data_cfg.data:
         parser.error(f"{args.dataset_config} has no config.data.{args.split}; has {sorted(data_cfg.data.keys())}")
-    info = tokenize_source(tok, image_source(data_cfg.data[args.split]), args.out, args.shards, args.batch,
+    info = tokenize_source(tok, make_source(data_cfg.data[args.split]), args.out, args.shards, args.batch,
                            args.limit or None, meta={"dataset_config": args.dataset_config, "split": args.split})
     print(f"{info['records']} records -> {args.shards} shard(s) in {args.out}; ids grid {info['grid']}, "
           f"codebook {info['codebook_size']}, skipped {sum(info['skipped'].values())}")

@@ -5,6 +5,7 @@
   shapes      synthetic coloured shapes with captions and QA (`mmjax.data.shapes`), the multimodal default
   tfds        a prepared tensorflow-datasets data set read through `tfds.data_source` (no TensorFlow needed)
   arrayrecord ArrayRecord files of msgpack-encoded dict records (`mmjax.data.records`)
+  photos      random crops of the real photos scikit-image ships (`mmjax.data.photos`), fixed photo split
 """
 
 from __future__ import annotations
@@ -109,4 +110,8 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         return TfdsSource(cfg["dataset"], cfg.get("split", "train"), cfg.get("data_dir"))
     if name == "arrayrecord":
         return ArrayRecordSource(cfg["pattern"])
-    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord)")
+    if name == "photos":
+        from mmjax.data.photos import PhotosSource
+
+        return PhotosSource(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos)")

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.attention import Attention
+from mmjax.models.vit import EncoderBlock
 from mmjax.nn.layers import Dense, Mlp, constrain, norm, partitioned
 from mmjax.nn.posemb import get_posemb, sincos2d
 
@@ -49,31 +49,6 @@ def timestep_embedding(t: jax.Array, features: int, max_period: float = 10_000.0
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-
-
-class DenoiserBlock(nn.Module):
-    """Pre-LN transformer block, bidirectional: x + attn(ln1(x)); x + mlp(ln2(x))."""
-
-    num_heads: int
-    mlp_dim: int
-    ln_eps: float = 1e-6
-    dropout: float = 0.0
-    backend: str = "auto"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        width = x.shape[-1]
-        y = norm("layernorm", self.ln_eps, name="ln1", **kw)(x)
-        y = Attention(num_heads=self.num_heads, head_dim=width // self.num_heads, out_name="out_proj",
-                      backend=self.backend, name="attn", **kw)(y)  # no mask, not causal: every token sees all
-        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-        y = norm("layernorm", self.ln_eps, name="ln2", **kw)(x)
-        y = Mlp(self.mlp_dim, act="gelu", name="mlp", **kw)(y)
-        x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-        return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class Denoiser(nn.Module):
@@ -167,8 +142,9 @@ class Denoiser(nn.Module):
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
 
         for i in range(self.depth):
-            x = DenoiserBlock(self.num_heads, self.mlp_dim, self.ln_eps, self.dropout, self.backend,
-                              name=f"block_{i}", **kw)(x, train)
+            # The ViT's pre-LN block: bidirectional attention, every token sees the whole grid.
+            x, _ = EncoderBlock(self.num_heads, self.mlp_dim, "gelu", self.ln_eps, self.dropout, self.backend,
+                                name=f"block_{i}", **kw)(x, train)
         x = norm("layernorm", self.ln_eps, name="final_norm", **kw)(x)
         if self.time_mode == "token":
             x = x[:, 1:]

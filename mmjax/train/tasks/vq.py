@@ -42,7 +42,6 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data import images as image_ops
-from mmjax.data.sources import make_source
 from mmjax.eval.image_metrics import psnr, ssim
 from mmjax.models.discriminator import LPIPS, load_lpips, make_discriminator
 from mmjax.models.vq import VQConfig, VQModel
@@ -111,15 +110,6 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def image_source(cfg: ml_collections.ConfigDict | dict) -> Any:
-    """`mmjax.data.sources.make_source`, plus `name: photos` (crops of skimage's photos, mmjax.data.photos)."""
-    if cfg["name"] == "photos":
-        from mmjax.data.photos import PhotosSource
-
-        return PhotosSource(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg).items() if k != "name"})
-    return make_source(cfg)
-
-
 class VQTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -141,11 +131,6 @@ class VQTask(Task):
             raise configlib.ConfigError(f"config.pretrained.format={config.pretrained.format!r}: magvitv2 | mmjax")
 
     # -- data ---------------------------------------------------------------------------------------------------
-    def source(self, split: str) -> Any:
-        if split not in self.config.data:
-            raise KeyError(f"config.data has no split {split!r}; has {sorted(self.config.data.keys())}")
-        return image_source(self.config.data[split])
-
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         """uint8 / float image of any size -> float32 (S, S, 3) in [-1, 1]: bicubic shortest edge to S, then a
         centre crop (eval) or a random crop (train, `augment.random_crop`), optional random flip."""
