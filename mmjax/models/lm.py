@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.nn.attention import Attention, KVCache
-from mmjax.nn.layers import Dense, Mlp, constrain, norm, partitioned
+from mmjax.nn.embedding import TokenEmbedding, VocabHead
+from mmjax.nn.layers import Mlp, constrain, norm
 from mmjax.nn.scan import REMAT_POLICIES, maybe_remat
 
 FAMILIES = ("llama", "phi", "qwen2")
@@ -57,6 +58,7 @@ class LMConfig:
     attention_backend: str = "auto"
     scan_layers: bool = True
     remat_policy: str = "none"     # see REMAT_POLICIES
+    vocab_pad_multiple: int = 1    # logits padded to a multiple of this (128 on GPU/TPU); pads score -1e30
 
     def __post_init__(self):
         checks = [
@@ -70,6 +72,7 @@ class LMConfig:
             (not (self.tie_embeddings and self.lm_head_bias), "tied embeddings take no lm_head_bias"),
             (self.qk_norm in (None, "layernorm", "rmsnorm"),
              f"qk_norm {self.qk_norm!r} not in (None, layernorm, rmsnorm)"),
+            (self.vocab_pad_multiple >= 1, f"vocab_pad_multiple {self.vocab_pad_multiple} must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -146,14 +149,14 @@ def init_cache(cfg: LMConfig, batch: int, max_len: int, dtype: Any = None) -> KV
 class DecoderBlock(nn.Module):
     """One transformer block, sequential (pre-norm attention then pre-norm MLP) or Phi's parallel form.
 
-    The call signature is scan-friendly: (x, mask, positions, is_causal, cache_index, k, v) ->
+    The call signature is scan-friendly: (x, mask, kv_lengths, positions, is_causal, cache_index, k, v) ->
     (x, (k, v) | None), where k, v are this layer's cache slices (or None when not decoding).
     """
 
     cfg: LMConfig
 
     @nn.compact
-    def __call__(self, x, mask, positions, is_causal, cache_index, cache_k, cache_v):
+    def __call__(self, x, mask, kv_lengths, positions, is_causal, cache_index, cache_k, cache_v):
         cfg = self.cfg
         kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
         attn = Attention(num_heads=cfg.num_heads, head_dim=cfg.dim_per_head, num_kv_heads=cfg.kv_heads,
@@ -164,7 +167,7 @@ class DecoderBlock(nn.Module):
         mlp = Mlp(cfg.mlp_dim, act=cfg.act, use_bias=cfg.mlp_bias, name="mlp", **kw)
         cache = None if cache_k is None else KVCache(cache_k, cache_v, cache_index)
         h = norm(cfg.norm, cfg.norm_eps, name="input_layernorm", **kw)(x)
-        out = attn(h, mask=mask, is_causal=is_causal, positions=positions, cache=cache)
+        out = attn(h, mask=mask, is_causal=is_causal, positions=positions, kv_lengths=kv_lengths, cache=cache)
         attn_out, new_cache = out if cache is not None else (out, None)
         if cfg.parallel_block:
             x = x + attn_out + mlp(h)
@@ -177,8 +180,8 @@ class DecoderBlock(nn.Module):
 
 
 def _block_class(cfg: LMConfig) -> type[nn.Module]:
-    # static_argnums counts `self` as 0: is_causal (argument 4) selects a code path, so it must stay static.
-    return maybe_remat(DecoderBlock, cfg.remat_policy, static_argnums=(4,), prevent_cse=not cfg.scan_layers)
+    # static_argnums counts `self` as 0: is_causal (argument 5) selects a code path, so it must stay static.
+    return maybe_remat(DecoderBlock, cfg.remat_policy, static_argnums=(5,), prevent_cse=not cfg.scan_layers)
 
 
 class LM(nn.Module):
@@ -188,13 +191,12 @@ class LM(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        embedding_init = partitioned(nn.initializers.normal(0.02), ("vocab", "embed"))
-        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
-                                     param_dtype=jnp.dtype(cfg.param_dtype), embedding_init=embedding_init)
+        kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), pad_to=cfg.vocab_pad_multiple)
+        self.embed_tokens = TokenEmbedding(cfg.vocab_size, cfg.hidden_size, **kw)
         block = _block_class(cfg)
         if cfg.scan_layers:
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(nn.broadcast,) * 4 + (0, 0), length=cfg.num_layers,
+                              in_axes=(nn.broadcast,) * 5 + (0, 0), length=cfg.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})
             self.layers = scanned(cfg, name="layers")
         else:
@@ -202,21 +204,23 @@ class LM(nn.Module):
         self.final_norm = norm(cfg.norm, cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
                                param_dtype=jnp.dtype(cfg.param_dtype))
         if not cfg.tie_embeddings:
-            self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), use_bias=cfg.lm_head_bias,
-                                 dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+            self.lm_head = VocabHead(cfg.vocab_size, use_bias=cfg.lm_head_bias, **kw)
 
     def embed(self, ids: jax.Array) -> jax.Array:
         """Token embeddings (B, T, hidden) in the compute dtype, to splice image features (LLaVA, Show-o)."""
         return self.embed_tokens(ids)
 
     def __call__(self, ids: jax.Array | None = None, *, positions: jax.Array | None = None,
-                 mask: jax.Array | None = None, is_causal: bool = True, cache: KVCache | None = None,
-                 embeds: jax.Array | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-        """Float32 logits (B, T, vocab) for `ids` (B, T) or precomputed `embeds` (B, T, hidden).
+                 mask: jax.Array | None = None, is_causal: bool = True, kv_lengths: jax.Array | None = None,
+                 cache: KVCache | None = None, embeds: jax.Array | None = None
+                 ) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Float32 logits (B, T, vocab) for `ids` (B, T) or precomputed `embeds` (B, T, hidden); with
+        `vocab_pad_multiple` > 1 the last axis is padded and the padded columns hold -1e30.
 
         mask: bool, True = attend, broadcastable to (B, 1, T, S); ANDed with the causal pattern when is_causal
         (pass is_causal=False with a full mask for prefix-LM / omni-attention). positions (B, T) default to
-        arange(T) (+ cache.index). With `cache` (see `init_cache`) also returns the updated cache.
+        arange(T) (+ cache.index). kv_lengths (B,) hides right padding without a dense mask (the fused causal
+        kernel stays usable). With `cache` (see `init_cache`) also returns the updated cache.
         """
         if (ids is None) == (embeds is None):
             raise ValueError("pass exactly one of ids or embeds")
@@ -228,11 +232,11 @@ class LM(nn.Module):
             positions = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (batch, length))
         ck, cv = (None, None) if cache is None else (cache.k, cache.v)
         if self.cfg.scan_layers:
-            x, kv = self.layers(x, mask, positions, is_causal, index, ck, cv)
+            x, kv = self.layers(x, mask, kv_lengths, positions, is_causal, index, ck, cv)
         else:
             kvs = []
             for i, layer in enumerate(self.layers):
-                x, kv_i = layer(x, mask, positions, is_causal, index,
+                x, kv_i = layer(x, mask, kv_lengths, positions, is_causal, index,
                                 None if ck is None else ck[i], None if cv is None else cv[i])
                 kvs.append(kv_i)
             kv = None if cache is None else tuple(jnp.stack(t) for t in zip(*kvs))

@@ -13,7 +13,8 @@ so no casts are added here.
 
 Mask semantics (kept explicit because `dot_product_attention` ANDs `mask` with `is_causal`):
 - no cache: `mask` and `is_causal` are both handed to the kernel and therefore ANDed. Pass a full mask with
-  `is_causal=False` for omni-attention; a padding mask (B, 1, 1, S) with `is_causal=True` for padded LM.
+  `is_causal=False` for omni-attention; for a right-padded LM pass `kv_lengths` with `is_causal=True` (the
+  fused causal kernel, no dense bias), or a padding mask (B, 1, 1, S) when the padding is not on the right.
 - with a cache: the new keys are written at slots [index, index + T) and queries attend over all S_max
   slots. Slots not yet written are always masked; `is_causal` means slot s <= index + t; a given `mask`
   must have S_max columns and is ANDed with both.
@@ -79,13 +80,12 @@ def _cudnn_max_head_dim() -> int:
         return 128
 
 
-def select_backend(backend: str, dtype: Dtype, head_dim: int, q_len: int, kv_len: int,
-                   has_mask: bool) -> str:
+def select_backend(backend: str, dtype: Dtype, head_dim: int, q_len: int, kv_len: int) -> str:
     """Resolves 'auto' to 'cudnn' where the fused kernel applies, else 'xla'.
 
-    cuDNN needs an NVIDIA GPU, bf16/fp16 inputs and head_dim a multiple of 8 within its limit. A boolean
-    mask becomes a bias inside cuDNN, and cuDNN's backward pass with a bias needs even sequence lengths;
-    'auto' avoids that case (decode steps with T=1 then take XLA, which is memory bound anyway).
+    cuDNN needs an NVIDIA GPU, bf16/fp16 inputs and head_dim a multiple of 8 within its limit. Odd sequence
+    lengths are padded by `attention_op`, so they do not rule it out. Single-token queries (decode steps) take
+    XLA: they are memory bound, and the fused kernel's launch and layout costs outweigh its savings there.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {BACKENDS}")
@@ -93,28 +93,60 @@ def select_backend(backend: str, dtype: Dtype, head_dim: int, q_len: int, kv_len
         return backend
     if not _on_nvidia_gpu() or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "xla"
-    if head_dim % 8 or head_dim > _cudnn_max_head_dim():
-        return "xla"
-    if has_mask and (q_len % 2 or kv_len % 2):
+    if head_dim % 8 or head_dim > _cudnn_max_head_dim() or q_len == 1:
         return "xla"
     return "cudnn"
 
 
+def _pad_to_even(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                 kv_lengths: jax.Array | None) -> tuple[jax.Array, ...]:
+    """Pads odd query / key lengths by one position, as cuDNN's training kernels require even lengths.
+
+    The padded key is hidden from every query (by the mask, or by key lengths when there is no mask); the padded
+    query row sees the real keys, so it stays finite (its output is dropped by the caller).
+    """
+    t, s = q.shape[1], k.shape[1]
+    dt, ds = t % 2, s % 2
+    pad_seq = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
+    q, k, v = pad_seq(q, dt), pad_seq(k, ds), pad_seq(v, ds)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], t, s))
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, dt), (0, 0)), constant_values=True)
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, ds)), constant_values=False)
+    elif kv_lengths is None and ds:
+        kv_lengths = jnp.full((q.shape[0],), s, jnp.int32)
+    return q, k, v, mask, kv_lengths
+
+
 def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
-                 is_causal: bool = False, scale: float | None = None, backend: str = "auto") -> jax.Array:
+                 is_causal: bool = False, kv_lengths: jax.Array | None = None, scale: float | None = None,
+                 backend: str = "auto") -> jax.Array:
     """softmax(q k^T * scale + mask) v for q (B, T, H, D), k/v (B, S, K, D) with H % K == 0 (GQA).
 
     `mask`: boolean, True = attend, broadcastable to (B, 1|H, T, S). See the module docstring for is_causal.
+    `kv_lengths` (B,) int: keys at positions >= length are hidden (right padding). Without a mask this keeps
+    cuDNN on its fused causal / padding kernels instead of a dense (B, 1, T, S) bias, which is why padded LMs
+    (LLaVA) pass lengths rather than a padding mask.
     """
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    impl = select_backend(backend, q.dtype, q.shape[-1], q.shape[1], k.shape[1], mask is not None)
-    if impl == "cudnn" and mask is not None:
-        # cuDNN turns the mask into a bias that must span the full (T, S); only B and heads may broadcast.
-        mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
-                                        implementation=impl)
+        if kv_lengths is not None:  # one mechanism at a time: fold the lengths into the mask
+            mask = mask & (jnp.arange(k.shape[1])[None, None, None, :] < kv_lengths[:, None, None, None])
+            kv_lengths = None
+    if kv_lengths is not None:
+        kv_lengths = jnp.asarray(kv_lengths, jnp.int32)
+    t = q.shape[1]
+    impl = select_backend(backend, q.dtype, q.shape[-1], t, k.shape[1])
+    if impl == "cudnn":
+        if t % 2 or k.shape[1] % 2:
+            q, k, v, mask, kv_lengths = _pad_to_even(q, k, v, mask, kv_lengths)
+        if mask is not None:
+            # cuDNN turns the mask into a bias that must span the full (T, S); only B and heads may broadcast.
+            mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
+                                       key_value_seq_lengths=kv_lengths, implementation=impl)
+    return out[:, :t]
 
 
 class Attention(nn.Module):
@@ -143,11 +175,12 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, is_causal: bool = False,
-                 positions: jax.Array | None = None,
+                 positions: jax.Array | None = None, kv_lengths: jax.Array | None = None,
                  cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
         """x (B, T, E) -> (B, T, E); with `cache`, returns (y, updated cache).
 
-        `positions` (B, T) int feed RoPE; by default arange(T) (+ cache.index when decoding).
+        `positions` (B, T) int feed RoPE; by default arange(T) (+ cache.index when decoding). `kv_lengths` (B,)
+        hides right padding (see `attention_op`).
         """
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
@@ -176,9 +209,12 @@ class Attention(nn.Module):
 
         new_cache = None
         if cache is not None:
+            if kv_lengths is not None:
+                raise ValueError("kv_lengths is for training/scoring; with a cache pass a key mask")
             k, v, mask, new_cache = _update_cache(cache, k, v, mask, is_causal)
             is_causal = False  # folded into the slot mask
-        out = attention_op(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, backend=self.backend)
+        out = attention_op(q, k, v, mask=mask, is_causal=is_causal, kv_lengths=kv_lengths, scale=self.scale,
+                           backend=self.backend)
         out = checkpoint_name(constrain(out, heads_axes), "attention_out")
         y = Dense(x.shape[-1], ("heads", "head_dim", "embed"), self.out_bias, axis=(-2, -1),
                   name=self.out_name, **kw)(out)

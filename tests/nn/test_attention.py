@@ -153,10 +153,58 @@ def test_kv_cache_decoding_matches_full_pass():
 
 
 def test_backend_selection_on_cpu_is_xla():
-    assert select_backend("auto", jnp.bfloat16, 64, 8, 8, True) == "xla"
-    assert select_backend("cudnn", jnp.bfloat16, 64, 8, 8, True) == "cudnn"
+    assert select_backend("auto", jnp.bfloat16, 64, 8, 8) == "xla"
+    assert select_backend("cudnn", jnp.bfloat16, 64, 8, 8) == "cudnn"
     with pytest.raises(ValueError, match="unknown attention backend"):
-        select_backend("flash", jnp.float32, 64, 8, 8, False)
+        select_backend("flash", jnp.float32, 64, 8, 8)
+
+
+def _ref_attention(q, k, v, allowed):
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(jnp.where(allowed, logits, -1e30), -1), v)
+
+
+@pytest.mark.parametrize("case", ["mask", "causal", "lengths", "plain"])
+def test_even_padding_for_cudnn_keeps_values_and_gradients(case):
+    """cuDNN trains only on even lengths: the padding `attention_op` applies must not change any real output
+    or gradient (checked through the XLA kernel on the padded arrays, the exact inputs cuDNN would get)."""
+    from mmjax.nn.attention import _pad_to_even
+
+    b, t, h, d = 2, 7, 2, 8
+    q, k, v = (jax.random.normal(jax.random.key(i), (b, t, h, d)) for i in range(3))
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = jax.random.bernoulli(jax.random.key(9), 0.6, (b, 1, t, t)) | jnp.eye(t, dtype=bool)
+    lengths = jnp.array([7, 4], jnp.int32)
+    allowed = {"mask": mask, "causal": causal, "plain": jnp.ones((t, t), bool),
+               "lengths": causal & (jnp.arange(t) < lengths[:, None, None, None])}[case]
+    m = mask if case == "mask" else None
+    kv = lengths if case == "lengths" else None
+    is_causal = case in ("causal", "lengths")
+
+    def padded(q, k, v):
+        qp, kp, vp, mp, lp = _pad_to_even(q, k, v, m, kv)
+        assert qp.shape[1] % 2 == 0 and kp.shape[1] % 2 == 0
+        out = jax.nn.dot_product_attention(qp, kp, vp, mask=mp, is_causal=is_causal, key_value_seq_lengths=lp,
+                                           implementation="xla")
+        return out[:, :t]
+
+    ref = lambda q, k, v: _ref_attention(q, k, v, allowed)
+    np.testing.assert_allclose(padded(q, k, v), ref(q, k, v), atol=1e-5)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) ** 2)
+    for g1, g2 in zip(jax.grad(loss(padded), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g1, g2, atol=1e-4)
+
+
+def test_kv_lengths_equal_a_padding_mask():
+    x = _x(t=T)
+    m = Attention(num_heads=4, head_dim=8, num_kv_heads=2, rotary_dim=8)
+    p = m.init(jax.random.key(0), x)
+    lengths = jnp.array([T, 3], jnp.int32)
+    pad_mask = (jnp.arange(T)[None, :] < lengths[:, None])[:, None, None, :]
+    with_lengths = m.apply(p, x, is_causal=True, kv_lengths=lengths)
+    with_mask = m.apply(p, x, is_causal=True, mask=pad_mask)
+    np.testing.assert_allclose(with_lengths[1, :3], with_mask[1, :3], atol=1e-6)
+    np.testing.assert_allclose(with_lengths[0], with_mask[0], atol=1e-6)
 
 
 def test_bf16_compute_runs_and_is_close():
