@@ -16,7 +16,7 @@ by offsets cannot disagree with the ids, so that cannot happen here.
 
 What is supervised follows each reference (see `Template.supervise` / `Template.unmask`): the answer and its
 end token for `vicuna_v1` / `plain` / `phi1.5`; for `chatml` the whole assistant turn, header and trailing
-newline included, plus every `\n` / `<|im_start|>` / `<|im_end|>` token of the conversation. Everything else is
+newline included, plus every `\\n` / `<|im_start|>` / `<|im_end|>` token of the conversation. Everything else is
 IGNORE_INDEX. Labels are NOT shifted: position i's label is input i; the loss shifts (logits[:, :-1] vs
 labels[:, 1:]).
 
@@ -68,7 +68,7 @@ class Template:
     supervise: "answer" supervises `answer_lead + value + assistant_end` (LLaVA `preprocess_v1` /
     `preprocess_plain`, Show-o `preprocess_v0`: the lead space belongs to the answer's first token); "turn" the
     whole assistant turn (LLaVA-NeXT `preprocess_qwen`). unmask: strings supervised wherever they occur as one
-    token, in system and user turns too (`preprocess_qwen` unmasks "\n" = Qwen2 id 198, `<|im_start|>` and
+    token, in system and user turns too (`preprocess_qwen` unmasks "\\n" = Qwen2 id 198, `<|im_start|>` and
     `<|im_end|>`); a string that is not one token of the tokenizer has no id to unmask.
     bos: start with the tokenizer's bos, when it has one (the reference's `tokenizer(text)` adds LLaMA's `<s>`;
     Qwen2 has none).
@@ -133,12 +133,13 @@ def get_template(template: str | Template) -> Template:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedConversation:
-    """One training sample. `num_supervised == 0` (e.g. the answer was truncated away) means the sample
-    teaches nothing: the pipeline counts and reports those. `num_positions` is the length once images are
-    expanded."""
+    """One training sample. `answer_mask` marks the tokens of the supervised answers (the labels also hold a
+    template's `unmask` tokens); none left (e.g. the answers were truncated away) means the sample teaches
+    nothing: the pipeline counts and reports those. `num_positions` is the length once images are expanded."""
 
     input_ids: np.ndarray  # int32 [n]
     labels: np.ndarray  # int32 [n], IGNORE_INDEX where not supervised
+    answer_mask: np.ndarray  # bool [n]
     num_supervised: int
     num_images: int
     num_positions: int
@@ -223,14 +224,14 @@ def _encode_text(text: str, spans: list[tuple[int, int]], tokenizer: Tokenizer) 
 
 def _encode_segments(segments: list[tuple[str, str]], t: Template, tokenizer: Tokenizer,
                      image_token_id: int | None) -> tuple[list[int], list[bool], list[bool]]:
-    """ids, supervised flags and image flags of the segments. The text between two images (or bos) is
-    tokenized in one piece, like the reference; answers are located in it by character offsets."""
+    """ids, answer flags and image flags of the segments. The text between two images (or bos) is tokenized
+    in one piece, like the reference; answers are located in it by character offsets."""
     for token in t.special_tokens:
         if not tokenizer.has_token(token):
             raise ValueError(f"template {t.name!r} needs {token!r} as a single token, but {tokenizer!r} "
                              f"lacks it; pass special_tokens={list(t.special_tokens)} to make_tokenizer")
     ids: list[int] = []
-    supervised: list[bool] = []
+    answer: list[bool] = []
     is_image: list[bool] = []
     text, spans = "", []
     for kind, piece in [*segments, (_END, "")]:
@@ -240,18 +241,17 @@ def _encode_segments(segments: list[tuple[str, str]], t: Template, tokenizer: To
             text += piece
             continue
         if text:  # the text since the last image / bos, in one piece
-            text_ids, text_supervised = _encode_text(text, spans, tokenizer)
+            text_ids, text_answer = _encode_text(text, spans, tokenizer)
             ids += text_ids
-            supervised += text_supervised
+            answer += text_answer
             is_image += [False] * len(text_ids)
             text, spans = "", []
         token = {_BOS: tokenizer.bos_id, _IMAGE: image_token_id, _END: None}[kind]
         if token is not None:  # no bos in the tokenizer, or the caller lays images out itself
             ids.append(token)
-            supervised.append(False)
+            answer.append(False)
             is_image.append(kind == _IMAGE)
-    unmask = {one[0] for text in t.unmask if len(one := tokenizer.encode(text)) == 1}
-    return ids, [s or i in unmask for s, i in zip(supervised, ids)], is_image
+    return ids, answer, is_image
 
 
 def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
@@ -266,7 +266,9 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     if max_len <= 0 or image_token_len <= 0:
         raise ValueError(f"max_len and image_token_len must be positive, got {max_len}, {image_token_len}")
     t = get_template(template)
-    ids, supervised, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    ids, answer, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    unmask = {one[0] for text in t.unmask if len(one := tokenizer.encode(text)) == 1}
+    supervised = [a or i in unmask for a, i in zip(answer, ids)]
     positions, keep = 0, len(ids)
     for i, img in enumerate(is_image):
         cost = image_token_len if img else 1
@@ -277,8 +279,8 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     labels = [i if s else IGNORE_INDEX for i, s in zip(ids[:keep], supervised[:keep])]
     return TokenizedConversation(
         input_ids=np.asarray(ids[:keep], np.int32), labels=np.asarray(labels, np.int32),
-        num_supervised=sum(supervised[:keep]), num_images=sum(is_image[:keep]), num_positions=positions,
-        truncated=keep < len(ids))
+        answer_mask=np.asarray(answer[:keep], bool), num_supervised=sum(supervised[:keep]),
+        num_images=sum(is_image[:keep]), num_positions=positions, truncated=keep < len(ids))
 
 
 def build_prompt(conv: str | Sequence[Mapping[str, object]], template: str | Template, tokenizer: Tokenizer,
