@@ -1,13 +1,16 @@
 r"""LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning"), 7B / 13B, both stages.
 
 Model:     CLIP ViT-L/14 at 336px (feature layer -2, class token dropped: 24x24 = 576 image tokens), `mlp2x_gelu`
-           projector, Vicuna-v1.5 7B / 13B; images padded to a square with the mean colour ('pad').
+           projector, Vicuna-v1.5 7B / 13B.
 Stage 1:   LCS-558K captions (`blip_laion_cc_sbu_558k.json`, `plain` template), projector only, global batch 256,
-           lr 1e-3, 1 epoch (2181 steps).
+           lr 1e-3, 1 epoch (2181 steps); images as the CLIP processor makes them (short side 336, centre crop:
+           the reference's default `image_aspect_ratio='square'`).
 Stage 2:   `llava_v1_5_mix665k.json` (`vicuna_v1` template, image moved to the front of its turn), projector + LM,
-           vision frozen, global batch 128, lr 2e-5, 1 epoch (5198 steps).
-Both:      AdamW, cosine decay, warmup ratio 0.03, weight decay 0, max length 2048, bf16 compute, FSDP over all
-           devices, LM blocks rematerialised.
+           vision frozen, global batch 128, lr 2e-5, 1 epoch (5198 steps); images padded to a square with the
+           mean colour ('pad').
+Both:      AdamW (0.9, 0.999, 1e-8), cosine decay to 0, warmup ratio 0.03 (rounded up), weight decay 0, gradient
+           clipping at global norm 1.0 (HF Trainer's default), max length 2048, bf16 compute, FSDP over all devices,
+           LM blocks rematerialised.
 Commands:
   python -m mmjax.train --config configs/llava/llava15.py:stage=1,size=7b --workdir runs/llava15_7b_s1 \
       --config.init.hf_vision=$CKPT/clip-vit-large-patch14-336 --config.init.hf_lm=$CKPT/vicuna-7b-v1.5 \
@@ -46,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(vision=dict(preset="clip", variant="L/14"), feature_layer=-2,
                    projector="mlp2x_gelu",
                    lm=dict(preset=f"vicuna-{arg.size}", dtype="bfloat16", remat_policy="full"))
-    c.image.update(mode="pad", size=336, patch_size=14)
+    c.image.update(mode="llava1" if arg.stage == 1 else "pad", size=336, patch_size=14)
     c.text.update(tokenizer="sentencepiece", max_len=2048)
     c.data.train = ml_collections.ConfigDict(dict(name="llava_json", json="", images=""))
     c.data.eval = ml_collections.ConfigDict(dict(name="llava_json", json="", images=""))

@@ -4,12 +4,17 @@ Model:     SigLIP so400m/14 at 384px without its last block and head (27x27 = 72
            `feature_layer` -2 of the 27-block tower = -1 of the released 26-block one), `mlp2x_gelu`, Qwen2;
            AnyRes over every 1x1 ... 6x6 grid of 384px tiles with `anyres_max_9`: the unpadded tile map is
            bilinearly shrunk to about 9 tiles' worth of tokens, a newline after every row, base view first.
-           Multi-image samples keep each image's base view (+ newline); video frames are pooled 2x2 bilinearly to
+           Multi-image samples keep each image's base view (+ newline), padded to a square with SigLIP's mean
+           colour first (the reference's multi-image 'pad'); video frames are pooled 2x2 bilinearly to
            14x14 = 196 tokens each (the model's token maps; `image.multi_image`, `image.max_tiles`).
-Stages:    stage=1: LCS-558K, projector (+ newline) only, lr 1e-3. stage=2 (the 4M high-quality knowledge, 3.2M
-           single-image and 1.6M OneVision stages, 1 epoch each): everything learns, vision at 2e-6 (`lr_mult`
-           0.2), the rest at 1e-5. Qwen2 `chatml` template, max length 32768, AdamW, cosine, warmup 0.03, wd 0.
-           The reference notes give no batch sizes; 256 (stage 1) and 128 are used: set your own.
+Stages:    stage=1: LCS-558K, `plain` template, projector only, lr 1e-3, max length 8192, single 384x384 views
+           (the SigLIP processor's resize) without AnyRes or `image_newline` (`pretrain_siglip.sh`: square images,
+           flat merge). stage=2 (the 4M high-quality knowledge, 3.2M single-image and 1.6M OneVision stages, 1
+           epoch each): AnyRes as above, `image_newline` created (randn / sqrt(d)); everything learns, vision at
+           2e-6 (`lr_mult` 0.2), the rest at 1e-5; Qwen2 `chatml` template (supervised as `preprocess_qwen`),
+           single images moved to the front of their turn, max length 32768.
+           Both: AdamW, cosine, warmup 0.03 (rounded up), wd 0, clipping at 1.0. The reference notes give no batch
+           sizes; 256 (stage 1) and 128 are used: set your own.
 Commands:
   python -m mmjax.train --config configs/llava/onevision.py:size=0.5b,stage=1 --workdir runs/ov_05b_s1 \
       --config.init.hf_vision=$CKPT/siglip-so400m-patch14-384 --config.init.hf_lm=$CKPT/Qwen2-0.5B-Instruct \
@@ -41,11 +46,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps = math.ceil(records / batch)
     c = base_config(arg.stage, batch_size=batch, total_steps=steps, log_every=10, checkpoint_every=500)
     c.model.update(vision=dict(preset="siglip", variant="So400m/14"), feature_layer=-2, drop_cls=False,
-                   projector="mlp2x_gelu", image_newline=True, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
+                   projector="mlp2x_gelu", image_newline=arg.stage == 2, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
                    lm=dict(preset=f"qwen2-{arg.size}", dtype="bfloat16", remat_policy="full"))
-    c.image.update(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9, newline=True,
-                   multi_image="base", taps=4)
-    c.text.update(tokenizer="hf", template="plain" if arg.stage == 1 else "chatml", max_len=32768, image_first=False)
+    if arg.stage == 1:
+        c.image.update(mode="squash", size=384, patch_size=14)
+    else:
+        c.image.update(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9,
+                       newline=True, multi_image="base", taps=4)
+    c.text.update(tokenizer="hf", template="plain" if arg.stage == 1 else "chatml",
+                  max_len=8192 if arg.stage == 1 else 32768)
     c.data.train = ml_collections.ConfigDict(dict(name="llava_json", json="", images=""))
     c.data.eval = ml_collections.ConfigDict(dict(name="llava_json", json="", images=""))
     c.eval.update(num_examples=256, generate=False)

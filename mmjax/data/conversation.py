@@ -4,16 +4,21 @@ A conversation is the LLaVA JSON form: a list of `{"from": "human" | "gpt", "val
 turns may hold `<image>` placeholders. A template says how turns are rendered; `tokenize_conversation` turns a
 conversation into `(input_ids, labels)`.
 
-Why turn by turn: the LLaVA reference renders the whole prompt, tokenizes it once, then re-tokenizes pieces to
-guess where each answer starts; when the guess disagrees with the real tokenization it masks the whole sample,
-silently (the "tokenization mismatch" bug). Here the rendered text is cut into segments (prompt text, answer
-text, image, bos), each segment is tokenized on its own and the ids are concatenated, so every label lines up
-with its input by construction. Only answer segments (the assistant's text plus the turn's end token, e.g.
-`</s>` / `<|im_end|>`) are supervised; everything else is IGNORE_INDEX. With the byte-level tokenizer the
-result equals the tokenization of the whole rendered string; with BPE / SentencePiece it can differ from it
-only at segment boundaries, which are placed before the answer's leading space so that the answer's first
-token is the one the model sees at inference. Labels are NOT shifted: position i's label is input i; the loss
-shifts (logits[:, :-1] vs labels[:, 1:]).
+Ids are those of the references: the rendered text between images is tokenized in one piece (LLaVA's
+`tokenizer_image_token` tokenizes the whole prompt, chunk by chunk between `<image>`s; LLaVA-NeXT's
+`preprocess_qwen` turn by turn, which for chatml is the same thing because every turn starts and ends with a
+special token). So `input_ids` equal the tokenization of the rendered conversation; a SentencePiece model that
+keeps whitespace sees `ASSISTANT: a` as `:` `▁a`, never `:` `▁` `▁a`. Which ids are supervised is decided by
+character offsets (`Tokenizer.encode_with_offsets`): a token is supervised when it starts inside a supervised
+span of the text. The reference instead re-tokenizes pieces of the prompt and counts tokens; when the counts
+disagree with the real tokenization it masks the whole sample, silently (its "tokenization mismatch"). Counting
+by offsets cannot disagree with the ids, so that cannot happen here.
+
+What is supervised follows each reference (see `Template.supervise` / `Template.unmask`): the answer and its
+end token for `vicuna_v1` / `plain` / `phi1.5`; for `chatml` the whole assistant turn, header and trailing
+newline included, plus every `\\n` / `<|im_start|>` / `<|im_end|>` token of the conversation. Everything else is
+IGNORE_INDEX. Labels are NOT shifted: position i's label is input i; the loss shifts (logits[:, :-1] vs
+labels[:, 1:]).
 
 Each image placeholder becomes ONE `image_token_id` (the model expands it into the image features, which get
 no labels). `image_token_len` counts how many positions that expansion will take, so `max_len` limits the real
@@ -34,24 +39,43 @@ IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# LLaVA's `llava_v1` (LLaVA-1 era fine-tunes): vicuna_v1 with "human" for "user" in the system message.
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 CHATML_SYSTEM = "You are a helpful assistant."
 # LLaVA evaluation response-format prompts, appended to a question after a newline: f"{question}\n{PROMPT}".
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 OPTION_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 
 _ROLES = {"human": True, "user": True, "gpt": False, "assistant": False}  # -> is_user
-_TEXT, _ANSWER, _IMAGE, _BOS = "text", "answer", "image", "bos"
+_TEXT, _ANSWER, _IMAGE, _BOS, _END = "text", "answer", "image", "bos", "end"
+
+
+class ConversationError(ValueError):
+    """A record's conversation cannot be rendered (wrong structure, unknown role, turns out of order)."""
+
+
+class EmptyConversationError(ConversationError):
+    """A record's conversation has no turns at all."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Template:
     """How turns are rendered. A user turn is `user_start + value + user_end`; an assistant turn is
-    `assistant_start + answer_lead + value + assistant_end + after_assistant`, of which
-    `answer_lead + value + assistant_end` is supervised. The inference prompt ends with `assistant_start`.
+    `assistant_start + answer_lead + value + assistant_end + after_assistant`. The inference prompt ends with
+    `assistant_start`.
 
-    image: "inline" keeps each placeholder where it is; "front" removes placeholders from the text and puts
-    the image tokens at the very start of the sequence (Show-o's `<|mmu|><|soi|> img <|eoi|>` prefix); "only"
-    replaces a user turn by its placeholders alone (LLaVA `plain`: the question text is dropped).
+    supervise: "answer" supervises `answer_lead + value + assistant_end` (LLaVA `preprocess_v1` /
+    `preprocess_plain`, Show-o `preprocess_v0`: the lead space belongs to the answer's first token); "turn" the
+    whole assistant turn (LLaVA-NeXT `preprocess_qwen`). unmask: strings supervised wherever they occur as one
+    token, in system and user turns too (`preprocess_qwen` unmasks "\\n" = Qwen2 id 198, `<|im_start|>` and
+    `<|im_end|>`); a string that is not one token of the tokenizer has no id to unmask.
+    bos: start with the tokenizer's bos, when it has one (the reference's `tokenizer(text)` adds LLaMA's `<s>`;
+    Qwen2 has none).
+    image: "inline" keeps each placeholder where it is; "front" removes placeholders from the text (then strips
+    it, as Show-o's `preprocess_multimodal`) and puts the image tokens at the very start of the sequence
+    (Show-o's `<|mmu|><|soi|> img <|eoi|>` prefix); "only" replaces a user turn by its placeholders alone (LLaVA
+    `plain`: the question text is dropped).
     special_tokens: strings the template writes that must be single tokens of the tokenizer.
     """
 
@@ -67,27 +91,34 @@ class Template:
     prompt_bos: bool | None = None  # bos for inference prompts, when it differs from training
     image: Literal["inline", "front", "only"] = "inline"
     special_tokens: tuple[str, ...] = ()
+    supervise: Literal["answer", "turn"] = "answer"
+    unmask: tuple[str, ...] = ()
 
 
 TEMPLATES: dict[str, Template] = {
     # LLaVA stage 1 (alignment): <image> caption \n, caption and \n supervised; LLaMA's tokenizer adds bos.
     "plain": Template("plain", assistant_end="\n", bos=True, image="only"),
-    # LLaVA-1.5 stage 2: "{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ..." (sep " ", sep2 "</s>").
+    # LLaVA-1.5 stage 2: "{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ..." (sep " ", sep2 "</s>");
+    # supervised: the answer's first token (" a" -> "▁a") through "</s>".
     "vicuna_v1": Template("vicuna_v1", prefix=VICUNA_SYSTEM + " ", user_start="USER: ",
                           assistant_start=" ASSISTANT:", answer_lead=" ", assistant_end="</s>", bos=True,
                           special_tokens=("</s>",)),
-    # Show-o LLaVA-data tuning: image prefix + "USER: q ASSISTANT: a<|endoftext|>", no bos. The reference's
-    # MMU inference prompt does put bos after the image prefix (`<|eoi|> <bos> USER: \n q ASSISTANT:`): kept.
+    "llava_v1": Template("llava_v1", prefix=LLAVA_V1_SYSTEM + " ", user_start="USER: ",
+                         assistant_start=" ASSISTANT:", answer_lead=" ", assistant_end="</s>", bos=True,
+                         special_tokens=("</s>",)),
+    # Show-o LLaVA-data tuning: image prefix + "USER: q ASSISTANT: a<|endoftext|>", no bos, q stripped of its
+    # placeholder and surrounding whitespace. The reference's MMU inference prompt does put bos after the image
+    # prefix: kept.
     "phi1.5": Template("phi1.5", user_start="USER: ", assistant_start=" ASSISTANT:", answer_lead=" ",
                        assistant_end="<|endoftext|>", bos=False, prompt_bos=True, image="front",
                        special_tokens=("<|endoftext|>",)),
-    # Qwen2 (LLaVA-OneVision): <|im_start|>role\n...<|im_end|>\n; the "\n" after an answer's <|im_end|> is not
-    # supervised.
+    # Qwen2 (LLaVA-OneVision): <|im_start|>role\n...<|im_end|>\n. Supervised as preprocess_qwen does: each
+    # assistant turn whole (header, answer, <|im_end|>, "\n") and every "\n", <|im_start|>, <|im_end|> token.
     "chatml": Template("chatml", prefix=f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n",
                        user_start="<|im_start|>user\n", user_end="<|im_end|>\n",
                        assistant_start="<|im_start|>assistant\n", assistant_end="<|im_end|>",
-                       after_assistant="\n",
-                       special_tokens=("<|im_start|>", "<|im_end|>")),
+                       after_assistant="\n", special_tokens=("<|im_start|>", "<|im_end|>"), supervise="turn",
+                       unmask=("\n", "<|im_start|>", "<|im_end|>")),
 }
 
 
@@ -102,12 +133,13 @@ def get_template(template: str | Template) -> Template:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedConversation:
-    """One training sample. `num_supervised == 0` (e.g. the answer was truncated away) means the sample
-    teaches nothing: the pipeline counts and reports those. `num_positions` is the length once images are
-    expanded."""
+    """One training sample. `answer_mask` marks the tokens of the supervised answers (the labels also hold a
+    template's `unmask` tokens); none left (e.g. the answers were truncated away) means the sample teaches
+    nothing: the pipeline counts and reports those. `num_positions` is the length once images are expanded."""
 
     input_ids: np.ndarray  # int32 [n]
     labels: np.ndarray  # int32 [n], IGNORE_INDEX where not supervised
+    answer_mask: np.ndarray  # bool [n]
     num_supervised: int
     num_images: int
     num_positions: int
@@ -116,42 +148,50 @@ class TokenizedConversation:
 
 def _turns(conv: Sequence[Mapping[str, object]]) -> list[tuple[bool, str]]:
     """Validated (is_user, value) pairs. A leading assistant turn is dropped, as the reference does."""
-    if isinstance(conv, str | bytes) or not isinstance(conv, Sequence) or not conv:
-        raise ValueError(f"a conversation is a non-empty list of {{'from', 'value'}} turns, got {conv!r:.80}")
+    if isinstance(conv, str | bytes) or not isinstance(conv, Sequence):
+        raise ConversationError(f"a conversation is a list of {{'from', 'value'}} turns, got {conv!r:.80}")
     turns = []
     for i, turn in enumerate(conv):
         if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
-            raise ValueError(f"turn {i}: expected a dict with 'from' and 'value', got {turn!r:.80}")
+            raise ConversationError(f"turn {i}: expected a dict with 'from' and 'value', got {turn!r:.80}")
         role, value = turn["from"], turn["value"]
         if role not in _ROLES:
-            raise ValueError(f"turn {i}: unknown role {role!r}; expected one of {sorted(_ROLES)}")
+            raise ConversationError(f"turn {i}: unknown role {role!r}; expected one of {sorted(_ROLES)}")
         if not isinstance(value, str):
-            raise ValueError(f"turn {i}: 'value' must be a string, got {type(value).__name__}")
+            raise ConversationError(f"turn {i}: 'value' must be a string, got {type(value).__name__}")
         turns.append((_ROLES[role], value))
-    skip = 0 if turns[0][0] else 1
+    skip = 1 if turns and not turns[0][0] else 0
+    if len(turns) <= skip:
+        raise EmptyConversationError(f"the conversation has no human turn ({len(turns)} turns)")
     for i, (is_user, _) in enumerate(turns[skip:]):
         if is_user != (i % 2 == 0):
-            raise ValueError(f"turn {i + skip}: turns must alternate human, gpt, human, ... ")
+            raise ConversationError(f"turn {i + skip}: turns must alternate human, gpt, human, ... ")
     return turns[skip:]
 
 
 def _segments(conv: Sequence[Mapping[str, object]], t: Template,
               generation_prompt: bool) -> list[tuple[str, str]]:
-    """The sequence as (kind, text) segments; adjacent prompt text is merged and tokenized in one piece."""
+    """The sequence as (kind, text) segments: prompt text, supervised text, images and bos."""
     turns = _turns(conv)
     n_front = 0
     body: list[tuple[str, str]] = [(_TEXT, t.prefix)]
     for is_user, value in turns:
         if not is_user:
-            body += [(_TEXT, t.assistant_start), (_ANSWER, t.answer_lead + value + t.assistant_end),
-                     (_TEXT, t.after_assistant)]
+            if t.supervise == "turn":
+                body.append((_ANSWER, t.assistant_start + t.answer_lead + value + t.assistant_end
+                             + t.after_assistant))
+            else:
+                body += [(_TEXT, t.assistant_start), (_ANSWER, t.answer_lead + value + t.assistant_end),
+                         (_TEXT, t.after_assistant)]
             continue
         body.append((_TEXT, t.user_start))
         if t.image == "only":
             body += [(_IMAGE, "")] * value.count(IMAGE_PLACEHOLDER)
         elif t.image == "front":
             n_front += value.count(IMAGE_PLACEHOLDER)
-            body.append((_TEXT, value.replace(IMAGE_PLACEHOLDER, "")))
+            if IMAGE_PLACEHOLDER in value:
+                value = value.replace(IMAGE_PLACEHOLDER, "").strip()
+            body.append((_TEXT, value))
         else:
             first, *rest = value.split(IMAGE_PLACEHOLDER)
             body.append((_TEXT, first))
@@ -160,18 +200,11 @@ def _segments(conv: Sequence[Mapping[str, object]], t: Template,
         body.append((_TEXT, t.user_end))
     if generation_prompt:
         if not turns[-1][0]:
-            raise ValueError("an inference prompt's conversation must end with a human turn")
+            raise ConversationError("an inference prompt's conversation must end with a human turn")
         body.append((_TEXT, t.assistant_start))
     use_bos = t.bos if not generation_prompt or t.prompt_bos is None else t.prompt_bos
-    merged: list[tuple[str, str]] = []
-    for kind, text in [(_IMAGE, "")] * n_front + ([(_BOS, "")] if use_bos else []) + body:
-        if kind == _TEXT and not text:
-            continue
-        if kind == _TEXT and merged and merged[-1][0] == _TEXT:
-            merged[-1] = (_TEXT, merged[-1][1] + text)
-        else:
-            merged.append((kind, text))
-    return merged
+    segments = [(_IMAGE, "")] * n_front + ([(_BOS, "")] if use_bos else []) + body
+    return [(kind, text) for kind, text in segments if text or kind in (_IMAGE, _BOS)]
 
 
 def render_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
@@ -180,40 +213,51 @@ def render_conversation(conv: Sequence[Mapping[str, object]], template: str | Te
     parity with reference format strings, and for logging samples."""
     t = get_template(template)
     segments = _segments(conv, t, generation_prompt)
-    return "".join(IMAGE_PLACEHOLDER if kind == _IMAGE else text for kind, text in segments)
+    return "".join(IMAGE_PLACEHOLDER if kind == _IMAGE else text for kind, text in segments if kind != _BOS)
+
+
+def _encode_text(text: str, spans: list[tuple[int, int]], tokenizer: Tokenizer) -> tuple[list[int], list[bool]]:
+    """Ids of `text` tokenized in one piece, and whether each starts inside one of the (start, end) `spans`."""
+    ids, starts = tokenizer.encode_with_offsets(text)
+    return ids, [any(a <= s < b for a, b in spans) for s in starts]
 
 
 def _encode_segments(segments: list[tuple[str, str]], t: Template, tokenizer: Tokenizer,
                      image_token_id: int | None) -> tuple[list[int], list[bool], list[bool]]:
-    """ids, supervised flags and image flags of the segments, tokenized one by one."""
+    """ids, answer flags and image flags of the segments. The text between two images (or bos) is tokenized
+    in one piece, like the reference; answers are located in it by character offsets."""
     for token in t.special_tokens:
         if not tokenizer.has_token(token):
             raise ValueError(f"template {t.name!r} needs {token!r} as a single token, but {tokenizer!r} "
                              f"lacks it; pass special_tokens={list(t.special_tokens)} to make_tokenizer")
     ids: list[int] = []
-    supervised: list[bool] = []
+    answer: list[bool] = []
     is_image: list[bool] = []
-    for kind, text in segments:
-        if kind == _BOS:
-            if tokenizer.bos_id is None:
-                raise ValueError(f"template {t.name!r} starts with bos but {tokenizer!r} has no bos token")
-            piece = [tokenizer.bos_id]
-        elif kind == _IMAGE:
-            if image_token_id is None:  # the caller builds the image part of the sequence itself
-                continue
-            piece = [image_token_id]
-        else:
-            piece = tokenizer.encode(text)
-        ids += piece
-        supervised += [kind == _ANSWER] * len(piece)
-        is_image += [kind == _IMAGE] * len(piece)
-    return ids, supervised, is_image
+    text, spans = "", []
+    for kind, piece in [*segments, (_END, "")]:
+        if kind in (_TEXT, _ANSWER):
+            if kind == _ANSWER:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+            continue
+        if text:  # the text since the last image / bos, in one piece
+            text_ids, text_answer = _encode_text(text, spans, tokenizer)
+            ids += text_ids
+            answer += text_answer
+            is_image += [False] * len(text_ids)
+            text, spans = "", []
+        token = {_BOS: tokenizer.bos_id, _IMAGE: image_token_id, _END: None}[kind]
+        if token is not None:  # no bos in the tokenizer, or the caller lays images out itself
+            ids.append(token)
+            answer.append(False)
+            is_image.append(kind == _IMAGE)
+    return ids, answer, is_image
 
 
 def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
                           tokenizer: Tokenizer, max_len: int, image_token_id: int | None, *,
                           image_token_len: int = 1) -> TokenizedConversation:
-    """(input_ids, labels) of a training conversation, built turn by turn (see the module docstring).
+    """(input_ids, labels) of a training conversation (see the module docstring).
 
     Each `<image>` becomes one `image_token_id` counted as `image_token_len` positions; `image_token_id=None`
     drops placeholders (the caller lays out the image itself). Sequences longer than `max_len` positions are
@@ -222,7 +266,9 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     if max_len <= 0 or image_token_len <= 0:
         raise ValueError(f"max_len and image_token_len must be positive, got {max_len}, {image_token_len}")
     t = get_template(template)
-    ids, supervised, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    ids, answer, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    unmask = {one[0] for text in t.unmask if len(one := tokenizer.encode(text)) == 1}
+    supervised = [a or i in unmask for a, i in zip(answer, ids)]
     positions, keep = 0, len(ids)
     for i, img in enumerate(is_image):
         cost = image_token_len if img else 1
@@ -233,8 +279,8 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     labels = [i if s else IGNORE_INDEX for i, s in zip(ids[:keep], supervised[:keep])]
     return TokenizedConversation(
         input_ids=np.asarray(ids[:keep], np.int32), labels=np.asarray(labels, np.int32),
-        num_supervised=sum(supervised[:keep]), num_images=sum(is_image[:keep]), num_positions=positions,
-        truncated=keep < len(ids))
+        answer_mask=np.asarray(answer[:keep], bool), num_supervised=sum(supervised[:keep]),
+        num_images=sum(is_image[:keep]), num_positions=positions, truncated=keep < len(ids))
 
 
 def build_prompt(conv: str | Sequence[Mapping[str, object]], template: str | Template, tokenizer: Tokenizer,
@@ -259,14 +305,16 @@ def stop_token_ids(template: str | Template, tokenizer: Tokenizer) -> list[int]:
 
 
 def move_image_first(conv: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """LLaVA-1.5's normalisation of human turns holding an image: `"<image>\\n" + text without placeholders`,
-    stripped. The reference applies it before `vicuna_v1`; the data pipeline opts in through the config."""
+    """LLaVA's normalisation of a human turn holding one image: `"<image>\\n" + text without the placeholder`,
+    stripped. Turns with several placeholders are left alone (LLaVA-NeXT's `preprocess_multimodal`: interleaved
+    multi-image text keeps its order). The references apply it before every template but `plain`; the data
+    pipeline opts in through the config."""
     out = []
     for turn in conv:
         turn = dict(turn)
         value = turn.get("value")
         is_user = isinstance(turn.get("from"), str) and _ROLES.get(turn["from"], False)
-        if is_user and isinstance(value, str) and IMAGE_PLACEHOLDER in value:
+        if is_user and isinstance(value, str) and value.count(IMAGE_PLACEHOLDER) == 1:
             turn["value"] = IMAGE_PLACEHOLDER + "\n" + value.replace(IMAGE_PLACEHOLDER, "").strip()
         out.append(turn)
     return out

@@ -31,7 +31,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-# The reference fills pad-to-square with tuple(int(x * 255) for x in image_mean): truncation, not rounding.
+# The reference fills pad-to-square with tuple(int(x * 255) for x in image_mean): truncation, not rounding
+# (`pad_fill`). SigLIP's mean gives (127, 127, 127).
 CLIP_MEAN_RGB: tuple[int, int, int] = (122, 116, 104)
 
 # LLaVA-1.6 pinpoints as (width, height), in the order of the reference repository (haotian-liu/LLaVA-NeXT).
@@ -48,29 +49,65 @@ _RESAMPLE = {
 }
 
 
+# Images with more pixels are refused from their header (40 MP: any camera photo in LLaVA's data sets, 8x the
+# largest OneVision canvas); decoding one costs 3 bytes per pixel per data worker before it is resized away.
+MAX_IMAGE_PIXELS = 40_000_000
+# PIL modes of 16-bit grey images (PNG, TIFF); 16-bit RGB(A) PNGs already arrive as 8-bit RGB(A) (high byte).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 class ImageDecodeError(ValueError):
     """An image could not be read; the message names the file so a pipeline can log, skip and count it."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image has more pixels than the decode limit (or PIL's decompression-bomb limit); refused unread."""
 
 
 # -------------------------------------------------------------------------------------------- decode / basics
 
 
-def decode_image(source: bytes | str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """Decodes encoded bytes or a file path to an ``(H, W, 3)`` uint8 RGB array.
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """PIL's ``convert("RGB")`` (what the reference does: grey replicated, palette expanded, alpha dropped,
+    CMYK converted), except for 16-bit grey, which PIL clips to 0..255 (nearly all white): its high byte,
+    the 8-bit value PIL itself gives 16-bit RGB PNGs."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
-    Grey, palette and RGBA images are converted with PIL's ``convert("RGB")`` like the reference (alpha
-    dropped, no EXIF rotation). Any failure, including a missing file, raises :class:`ImageDecodeError` naming
-    ``name`` or the path.
+
+def decode_image(source: bytes | str | os.PathLike, name: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decodes encoded bytes or a file path to an ``(H, W, 3)`` uint8 RGB array (see :func:`_to_rgb`; no EXIF
+    rotation, like the reference).
+
+    An image of more than ``max_pixels`` pixels raises :class:`ImageTooLargeError` after reading only its
+    header; any other failure, including a missing file or truncated data, raises :class:`ImageDecodeError`.
+    Both name ``name`` or the path.
     """
     is_bytes = isinstance(source, bytes | bytearray | memoryview)
     label = name or ("<bytes>" if is_bytes else os.fspath(source))
     try:
         fp = io.BytesIO(source) if is_bytes else os.fspath(source)
         with Image.open(fp) as img:
-            rgb = img.convert("RGB")
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(f"image {label!r} is {width}x{height} = {width * height} pixels, over "
+                                         f"the limit of {max_pixels}")
+            return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image {label!r} refused by PIL: {e}") from e
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ...
         raise ImageDecodeError(f"cannot decode image {label!r}: {type(e).__name__}: {e}") from e
-    return np.asarray(rgb, dtype=np.uint8)
+
+
+def pad_fill(mean: Sequence[float]) -> tuple[int, int, int]:
+    """The reference's pad-to-square colour for a processor's ``image_mean``: ``int(x * 255)``, truncated."""
+    r, g, b = (int(x * 255) for x in mean)
+    return r, g, b
 
 
 def _check_rgb(image: np.ndarray) -> None:

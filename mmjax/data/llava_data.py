@@ -1,29 +1,38 @@
-"""LLaVA data: the JSON + image-folder source, and one sample -> fixed-shape model arrays.
+"""LLaVA data: the JSON / JSONL + image-folder source, and one sample -> fixed-shape model arrays.
 
 Source. LLaVA's data files (`blip_laion_cc_sbu_558k.json`, `llava_v1_5_mix665k.json`, ...) are JSON lists of
 `{"id", "image"?: "rel/path.jpg" | [paths], "conversations": [{"from", "value"}, ...]}` with the images under
-one folder. `LlavaJsonSource` indexes the file (cheap) and returns records with resolved image paths; images are
-decoded in the pipeline's preprocessing, where a missing file (`MissingImageError`), an undecodable one
-(`ImageDecodeError`), a placeholder/image count mismatch (`ImageCountError`) or a sample that keeps no
-supervised token after truncation (`NoSupervisedTokensError`) is skipped and counted under that name by
-`mmjax.data.pipeline` (never lost silently, never a crash). Malformed records come back as None and are counted
-as undecodable.
+one folder; OneVision-style data also comes as JSONL, one record per line. `LlavaJsonSource` reads either
+(cheap: records are parsed when read) and returns records with resolved image paths and `where` (file and
+record index / line number, for error messages).
+
+Bad input is skipped and counted by `mmjax.data.pipeline` under the name of the exception preprocessing
+raises, so each fault has its own class: a missing file (`MissingImageError`), undecodable or truncated image
+data (`ImageDecodeError`), an image over the pixel limit (`ImageTooLargeError`), a conversation that cannot be
+rendered (`ConversationError`, `EmptyConversationError`), an image no placeholder refers to
+(`UnusedImageError`), a placeholder without an image (`UnmatchedPlaceholderError`), more images than image slots
+(`TooManyImagesError`), an image needing more tiles than the config allows (`TooManyTilesError`), a sample with
+no supervised token left after truncation (`NoSupervisedTokensError`). Errors raised inside `record_context`
+name the record's file and index / line. Records the source cannot parse (a malformed JSONL line, a record
+that is not an object with a `conversations` list) come back as None and are counted as "undecodable" after a
+warning that names the file and line.
 
 Sample. `LlavaProcessor` turns (conversation, images) into the arrays `mmjax.models.llava.Llava` takes: labels
-built turn by turn (`mmjax.data.conversation`), each `<image>` expanded to exactly the number of tokens its token
-map realises (`mmjax.models.llava_packing`, counts from `images.anyres_token_layout`), the uint8 tiles in
-(slots, tiles) order, and the per-position gather map. Training samples are right-padded to `max_len`;
-generation prompts are left-padded per batch by `collate_prompts`.
+from `mmjax.data.conversation`, each `<image>` expanded to exactly the number of tokens its token map realises
+(`mmjax.models.llava_packing`, counts from `images.anyres_token_layout`), the uint8 tiles in (slots, tiles)
+order, and the per-position gather map. Training samples are right-padded to `max_len`; generation prompts
+are left-padded per batch by `collate_prompts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,7 +57,23 @@ class MissingImageError(im.ImageDecodeError):
 
 
 class ImageCountError(ValueError):
-    """A record's `<image>` placeholders do not match its images (or exceed the model's image slots)."""
+    """A record's `<image>` placeholders do not match its images, or its images do not fit the model."""
+
+
+class UnusedImageError(ImageCountError):
+    """A record has more images than `<image>` placeholders (the reference would silently drop the image)."""
+
+
+class UnmatchedPlaceholderError(ImageCountError):
+    """A record has more `<image>` placeholders than images."""
+
+
+class TooManyImagesError(ImageCountError):
+    """A record has more images than the model has image slots (`image.max_images`)."""
+
+
+class TooManyTilesError(ImageCountError):
+    """An image needs more tiles than the config allows (`image.max_tiles`)."""
 
 
 class NoSupervisedTokensError(ValueError):
@@ -56,13 +81,18 @@ class NoSupervisedTokensError(ValueError):
 
 
 class LlavaJsonSource:
-    """Random access over a LLaVA JSON file; records {"id", "conversations", "image_paths": [str, ...]}."""
+    """Random access over a LLaVA JSON list or JSONL file; records {"id", "conversations", "image_paths",
+    "where"}, or None for a record that cannot be parsed (logged with its file and line)."""
 
     def __init__(self, json_path: str | os.PathLike, image_folder: str | os.PathLike = ""):
         self.json_path, self.image_folder = os.fspath(json_path), os.fspath(image_folder)
+        self.jsonl = self.json_path.endswith(".jsonl")
         try:
             with open(self.json_path, encoding="utf-8") as f:
-                self.records = json.load(f)
+                if self.jsonl:  # (line number, text) of every non-blank line, parsed when read
+                    self.records: list[Any] = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+                else:
+                    self.records = json.load(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read LLaVA JSON {self.json_path!r}: {e}") from e
         if not isinstance(self.records, list):
@@ -73,24 +103,49 @@ class LlavaJsonSource:
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         r = self.records[index]
+        where = f"{self.json_path} record {index}"
+        if self.jsonl:
+            line_number, line = r
+            where = f"{self.json_path} line {line_number}"
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                log.warning("%s: malformed JSON (%s); skipped", where, e)
+                return None
         conv = r.get("conversations") if isinstance(r, dict) else None
         image = r.get("image", []) if isinstance(r, dict) else None
         paths = [image] if isinstance(image, str) else image
         if not isinstance(conv, list) or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            log.warning("%s: record %d is malformed (needs 'conversations' and optional 'image'); skipped",
-                        self.json_path, index)
+            log.warning("%s is malformed (needs a 'conversations' list and an optional 'image' path or list of "
+                        "paths); skipped", where)
             return None
-        return {"id": str(r.get("id", index)), "conversations": conv,
+        record_id = str(r.get("id", index))
+        return {"id": record_id, "conversations": conv, "where": f"{where} (id {record_id!r})",
                 "image_paths": [os.path.join(self.image_folder, p) for p in paths]}
 
 
-def load_images(record: Mapping[str, Any]) -> list[np.ndarray]:
-    """Decodes a source record's images; MissingImageError / ImageDecodeError name the file and record."""
+@contextlib.contextmanager
+def record_context(record: Mapping[str, Any]) -> Iterator[None]:
+    """Prefixes the message of a ValueError raised inside with where the record comes from (its `where`: file
+    and index / line, else its id), keeping the error's class, which is what the pipeline counts skips by."""
+    where = record.get("where") or (f"record {record['id']!r}" if "id" in record else "")
+    try:
+        yield
+    except ValueError as e:
+        if where and len(e.args) == 1 and isinstance(e.args[0], str) and not e.args[0].startswith(where):
+            e.args = (f"{where}: {e.args[0]}",)
+        raise
+
+
+def load_images(record: Mapping[str, Any], max_pixels: int = im.MAX_IMAGE_PIXELS) -> list[np.ndarray]:
+    """Decodes a source record's images; MissingImageError / ImageDecodeError / ImageTooLargeError name the
+    record and the file."""
     out = []
-    for path in record.get("image_paths", []):
-        if not os.path.isfile(path):
-            raise MissingImageError(f"record {record.get('id')!r}: image file {path!r} does not exist")
-        out.append(im.decode_image(path, name=f"{path} (record {record.get('id')!r})"))
+    with record_context(record):
+        for path in record.get("image_paths", []):
+            if not os.path.isfile(path):
+                raise MissingImageError(f"image file {path!r} does not exist")
+            out.append(im.decode_image(path, max_pixels=max_pixels))
     return out
 
 
@@ -101,8 +156,10 @@ class ImageConfig:
     mode: llava1 (short side + centre crop), pad (LLaVA-1.5: mean-colour square), squash (plain resize),
     anyres (base view + tiles on the best of `pinpoints`, (w, h)). `anyres_max`: OneVision's anyres_max_N
     (0 = off). `multi_image`: "same" treats each image of a multi-image sample like a single one; "base" keeps
-    only its base view + newline (OneVision). `max_tiles` 0 = enough for the largest pinpoint. `taps`: gather
-    taps per token (4 when bilinear resizing happens: anyres_max, video).
+    only its base view + newline, padded to a square with `fill` like the reference's multi-image 'pad'
+    (OneVision). `max_tiles` 0 = enough for the largest pinpoint. `taps`: gather taps per token (4 when
+    bilinear resizing happens: anyres_max, video). `fill`: the pad colour, `images.pad_fill(image_mean)` of the
+    tower. `max_pixels`: larger images are refused (`ImageTooLargeError`) before decoding.
     """
 
     mode: str = "pad"
@@ -115,6 +172,8 @@ class ImageConfig:
     max_images: int = 1
     max_tiles: int = 0
     taps: int = 1
+    fill: tuple[int, int, int] = im.CLIP_MEAN_RGB
+    max_pixels: int = im.MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if self.mode not in IMAGE_MODES:
@@ -130,6 +189,8 @@ class ImageConfig:
         if isinstance(d.get("pinpoints"), str):
             d["pinpoints"] = im.grid_pinpoints(d["pinpoints"], d.get("size", 336))
         d["pinpoints"] = tuple((int(w), int(h)) for w, h in d.get("pinpoints", ()))
+        if "fill" in d:
+            d["fill"] = tuple(int(c) for c in d["fill"])
         return cls(**d)
 
     @property
@@ -160,10 +221,10 @@ def process_media(item: np.ndarray, cfg: ImageConfig, alone: bool = True) -> tup
     if cfg.mode == "anyres" and alone:
         layout = cfg.layout(item.shape[1], item.shape[0])
         return im.anyres_tiles(item, cfg.pinpoints, cfg.size), anyres_map(layout)
-    if cfg.mode == "llava1":
+    if cfg.mode == "pad" or not alone:  # the reference pads every image of a multi-image sample
+        tile = im.llava15_image(item, cfg.size, fill=cfg.fill)
+    elif cfg.mode == "llava1":
         tile = im.llava1_image(item, cfg.size)
-    elif cfg.mode == "pad":
-        tile = im.llava15_image(item, cfg.size)
     else:
         tile = im.resize(item, cfg.size, cfg.size)
     return tile[None], base_map(cfg.side, newline=cfg.newline and not alone)
@@ -183,36 +244,39 @@ class LlavaProcessor:
         """Tiles of all images in slot order (max_images, tiles, size, size, 3) uint8, and their token maps."""
         cfg = self.cfg
         if len(items) > cfg.max_images:
-            raise ImageCountError(f"{len(items)} images but the model has {cfg.max_images} image slots")
+            raise TooManyImagesError(f"{len(items)} images but the model has {cfg.max_images} image slots "
+                                     "(image.max_images)")
         pixels = np.zeros((cfg.max_images, cfg.tiles, cfg.size, cfg.size, 3), np.uint8)
         alone = cfg.multi_image == "same" or len(items) == 1
         maps = []
         for slot, item in enumerate(items):
             tiles, tmap = process_media(item, cfg, alone)
             if len(tiles) > cfg.tiles:
-                raise ImageCountError(f"image {slot} needs {len(tiles)} tiles, the config allows {cfg.tiles}")
+                raise TooManyTilesError(f"image {slot} needs {len(tiles)} tiles, the config allows {cfg.tiles}")
             pixels[slot, : len(tiles)] = tiles
             maps.append(tmap)
         return pixels, maps
 
     def _expand(self, ids: np.ndarray, labels: np.ndarray, maps: list[TokenMap]):
-        """Each image id -> its map's token count; returns ids, labels, spans (start, slot, map)."""
+        """Each image id -> its map's token count (labels IGNORE_INDEX). Returns ids, labels, spans
+        (start, slot, map) and the expanded position of every input token."""
         where = np.flatnonzero(ids == self.image_token_id)
-        if len(where) != len(maps):
-            raise ImageCountError(f"{len(where)} {IMAGE_PLACEHOLDER} placeholders but {len(maps)} images")
-        out_ids, out_labels, spans, pos, prev = [], [], [], 0, 0
-        for slot, (at, tmap) in enumerate(zip(where, maps)):
-            out_ids.append(ids[prev:at])
-            out_labels.append(labels[prev:at])
-            pos += at - prev
-            spans.append((pos, slot, tmap))
-            out_ids.append(np.full(tmap.num_tokens, self.image_token_id, np.int32))
-            out_labels.append(np.full(tmap.num_tokens, IGNORE_INDEX, np.int32))
-            pos += tmap.num_tokens
-            prev = at + 1
-        out_ids.append(ids[prev:])
-        out_labels.append(labels[prev:])
-        return np.concatenate(out_ids).astype(np.int32), np.concatenate(out_labels).astype(np.int32), spans
+        if len(where) < len(maps):
+            raise UnusedImageError(f"{len(maps)} images but only {len(where)} {IMAGE_PLACEHOLDER} placeholders")
+        if len(where) > len(maps):
+            raise UnmatchedPlaceholderError(f"{len(where)} {IMAGE_PLACEHOLDER} placeholders but only "
+                                            f"{len(maps)} images")
+        width = np.ones(len(ids), np.int64)
+        width[where] = [tmap.num_tokens for tmap in maps]
+        start = np.cumsum(width) - width
+        length = int(width.sum())
+        text = width == 1
+        text[where] = False
+        out_ids = np.full(length, self.image_token_id, np.int32)
+        out_labels = np.full(length, IGNORE_INDEX, np.int32)
+        out_ids[start[text]], out_labels[start[text]] = ids[text], labels[text]
+        spans = [(int(start[at]), slot, tmap) for slot, (at, tmap) in enumerate(zip(where, maps))]
+        return out_ids, out_labels, spans, start
 
     def _conversation(self, conv: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         return move_image_first(conv) if self.image_first else list(conv)
@@ -224,14 +288,14 @@ class LlavaProcessor:
         pixels, maps = self.media(items)
         tok = tokenize_conversation(self._conversation(conv), self.template, self.tokenizer, 1 << 30,
                                     self.image_token_id)
-        ids, labels, spans = self._expand(tok.input_ids, tok.labels, maps)
+        ids, labels, spans, positions = self._expand(tok.input_ids, tok.labels, maps)
         cut = min(len(ids), self.max_len)
         for start, _, tmap in spans:  # never cut through an image: drop it (and what follows) whole
             if start < cut < start + tmap.num_tokens:
                 cut = start
         spans = [s for s in spans if s[0] + s[2].num_tokens <= cut]
-        if not np.any(labels[:cut] != IGNORE_INDEX):
-            raise NoSupervisedTokensError(f"no supervised token left within max_len={self.max_len} "
+        if not np.any(positions[tok.answer_mask] < cut):
+            raise NoSupervisedTokensError(f"no answer token left within max_len={self.max_len} "
                                           f"(sequence of {len(ids)} positions)")
         n = self.max_len
         out_ids = np.full(n, self.pad_id, np.int32)
@@ -264,7 +328,7 @@ class LlavaProcessor:
             conv = [{"from": "human", "value": text}]
         pixels, maps = self.media(items)
         ids = build_prompt(self._conversation(conv), self.template, self.tokenizer, self.image_token_id)
-        ids, _, spans = self._expand(ids, np.zeros_like(ids), maps)
+        ids, _, spans, _ = self._expand(ids, np.zeros_like(ids), maps)
         return {"ids": ids, "pixels": pixels, "spans": spans}
 
 

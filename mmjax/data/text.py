@@ -8,6 +8,8 @@ LLaVA / Show-o run (the released tokenizer file) share every other line of code.
 Conventions shared by all implementations:
 - `encode` never adds bos/eos (templates decide that) and parses special-token strings that occur in the text
   (`"<image>"`, `"</s>"`, `"<|im_end|>"`) into their single ids, as HF tokenizers do for added tokens.
+- `encode_with_offsets` is `encode` plus where each token starts in the text: conversation templates tokenize
+  a whole rendered conversation at once (as the references do) and find the answer tokens by these offsets.
 - `decode` renders special tokens as their text unless `skip_special_tokens=True`.
 - `add_special_tokens` appends new tokens after the existing vocabulary and returns the ids of all requested
   tokens (existing ones keep their id), so a model's embedding table size is simply `vocab_size`.
@@ -28,19 +30,21 @@ DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<image>")
 TOKENIZER_KINDS: tuple[str, ...] = ("byte", "sentencepiece", "hf")
 
 
-def _split_on_specials(text: str, pattern: re.Pattern | None, specials: Mapping[str, int]) -> list[str | int]:
-    """Cuts `text` into plain-text pieces and special-token ids (longest special matched first)."""
+def _split_on_specials(text: str, pattern: re.Pattern | None,
+                       specials: Mapping[str, int]) -> list[tuple[int, str | int]]:
+    """Cuts `text` into plain-text pieces and special-token ids (longest special matched first), each with the
+    index in `text` where it starts."""
     if pattern is None:
-        return [text] if text else []
-    out: list[str | int] = []
+        return [(0, text)] if text else []
+    out: list[tuple[int, str | int]] = []
     pos = 0
     for m in pattern.finditer(text):
         if m.start() > pos:
-            out.append(text[pos : m.start()])
-        out.append(specials[m.group()])
+            out.append((pos, text[pos : m.start()]))
+        out.append((m.start(), specials[m.group()]))
         pos = m.end()
     if pos < len(text):
-        out.append(text[pos:])
+        out.append((pos, text[pos:]))
     return out
 
 
@@ -59,6 +63,10 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with special-token strings parsed; never adds bos/eos."""
+
+    @abc.abstractmethod
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """`encode(text)` and, per id, the index in `text` of the first character the token covers."""
 
     @abc.abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -145,9 +153,23 @@ class ByteTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        for piece in _split_on_specials(text, self._pattern, self._specials):
+        for _, piece in _split_on_specials(text, self._pattern, self._specials):
             ids.extend(piece.encode("utf-8") if isinstance(piece, str) else (piece,))
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        starts: list[int] = []
+        for pos, piece in _split_on_specials(text, self._pattern, self._specials):
+            if isinstance(piece, int):
+                ids.append(piece)
+                starts.append(pos)
+                continue
+            for i, char in enumerate(piece):
+                encoded = char.encode("utf-8")
+                ids.extend(encoded)
+                starts.extend([pos + i] * len(encoded))
+        return ids, starts
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         out: list[str] = []
@@ -224,9 +246,24 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        for piece in _split_on_specials(text, self._pattern, self._specials):
+        for _, piece in _split_on_specials(text, self._pattern, self._specials):
             ids.extend(self._sp.encode(piece, out_type=int) if isinstance(piece, str) else (piece,))
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        starts: list[int] = []
+        for pos, piece in _split_on_specials(text, self._pattern, self._specials):
+            if isinstance(piece, int):
+                ids.append(piece)
+                starts.append(pos)
+                continue
+            # SentencePiece reports UTF-8 byte offsets into the piece; map them to character indices
+            char_of_byte = [i for i, char in enumerate(piece) for _ in char.encode("utf-8")] + [len(piece)]
+            for sp_piece in self._sp.encode(piece, out_type="proto").pieces:
+                ids.append(sp_piece.id)
+                starts.append(pos + char_of_byte[min(sp_piece.begin, len(char_of_byte) - 1)])
+        return ids, starts
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         out: list[str] = []
@@ -296,6 +333,12 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids) if text else []
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        if not text:
+            return [], []
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return list(encoding.ids), [start for start, _ in encoding.offsets]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids]

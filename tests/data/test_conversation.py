@@ -1,8 +1,7 @@
-"""Conversation templates: reference format strings, turn-by-turn labels, images, truncation, prompts."""
+"""Conversation templates: reference format strings, labels, images, truncation, prompts (the invariant over
+tokenizer kinds is in test_tokenization_invariant.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -12,6 +11,8 @@ from mmjax.data.conversation import (
     OPTION_LETTER_PROMPT,
     SHORT_ANSWER_PROMPT,
     TEMPLATES,
+    ConversationError,
+    EmptyConversationError,
     build_prompt,
     move_image_first,
     render_conversation,
@@ -33,7 +34,6 @@ ANSWERS = ["A red cup, ünd 猫.", "Red."]
 SUPERVISED = {
     "vicuna_v1": [f" {a}</s>" for a in ANSWERS],
     "phi1.5": [f" {a}<|endoftext|>" for a in ANSWERS],
-    "chatml": [f"{a}<|im_end|>" for a in ANSWERS],
 }
 
 
@@ -65,7 +65,7 @@ def test_reference_format_strings() -> None:
               "<|im_start|>user\nAnd its colour?<|im_end|>\n<|im_start|>assistant\nRed.<|im_end|>\n")
     assert render_conversation(CONV, "chatml") == chatml
     assert render_conversation(CONV, "phi1.5") == (
-        "<image>USER: \nWhat is on the table? ASSISTANT: A red cup, ünd 猫.<|endoftext|>"
+        "<image>USER: What is on the table? ASSISTANT: A red cup, ünd 猫.<|endoftext|>"
         "USER: And its colour? ASSISTANT: Red.<|endoftext|>")
     assert render_conversation(CONV[:2], "plain") == "<image>A red cup, ünd 猫.\n"
     # inference prompts end with the assistant prefix
@@ -75,8 +75,8 @@ def test_reference_format_strings() -> None:
         "<|im_end|>\n<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("name", ["vicuna_v1", "phi1.5", "chatml"])
-def test_turn_by_turn_equals_whole_string_and_labels(name: str, tok: Tokenizer) -> None:
+@pytest.mark.parametrize("name", ["vicuna_v1", "phi1.5"])
+def test_whole_string_ids_and_answer_labels(name: str, tok: Tokenizer) -> None:
     image_id = tok.token_to_id("<image>")
     out = tokenize_conversation(CONV, name, tok, max_len=1024, image_token_id=image_id)
     bos = [tok.bos_id] if TEMPLATES[name].bos else []
@@ -87,6 +87,17 @@ def test_turn_by_turn_equals_whole_string_and_labels(name: str, tok: Tokenizer) 
     assert out.num_supervised == sum(len(tok.encode(s)) for s in SUPERVISED[name])
     assert out.num_images == 1 and not out.truncated and out.num_positions == len(out.input_ids)
     assert out.labels[out.input_ids == image_id].tolist() == [IGNORE_INDEX]
+
+
+def test_chatml_supervises_what_preprocess_qwen_does(tok: Tokenizer) -> None:
+    """LLaVA-NeXT's preprocess_qwen supervises each assistant turn whole (header, answer, <|im_end|>, newline)
+    and unmasks every "\\n", <|im_start|> and <|im_end|> token, in the system and user turns too."""
+    out = tokenize_conversation(CONV, "chatml", tok, max_len=1024, image_token_id=tok.token_to_id("<image>"))
+    assert out.input_ids.tolist() == tok.encode(render_conversation(CONV, "chatml"))
+    assistant = [f"<|im_start|>assistant\n{a}<|im_end|>\n" for a in ANSWERS]
+    assert [tok.decode(s) for s in spans(out.input_ids, out.labels)] == [
+        "<|im_start|>", "\n", "<|im_end|>\n<|im_start|>", "\n", "\n",  # system, user (after <image>: "\n")
+        "<|im_end|>\n" + assistant[0] + "<|im_start|>", "\n", "<|im_end|>\n" + assistant[1]]
 
 
 def test_plain_template(tok: Tokenizer) -> None:
@@ -110,9 +121,12 @@ def test_image_placeholders(tok: Tokenizer) -> None:
     assert len(text_only.input_ids) == len(ids) - 2
     # phi1.5 moves the image to the front, before anything else
     phi = tokenize_conversation(CONV, "phi1.5", tok, 512, image_token_id=-200).input_ids.tolist()
-    assert phi[0] == -200 and tok.decode(phi[1:]).startswith("USER: \nWhat is")
+    assert phi[0] == -200 and tok.decode(phi[1:]).startswith("USER: What is")  # stripped, as Show-o does
     assert move_image_first([{"from": "human", "value": "What?\n<image>"}, CONV[1]]) == [
         {"from": "human", "value": "<image>\nWhat?"}, CONV[1]]
+    # several images keep their places (LLaVA-NeXT): collapsing them would lose images
+    two = [{"from": "human", "value": "A <image> and B <image>?"}, CONV[1]]
+    assert move_image_first(two) == two
 
 
 def test_truncation_and_zero_supervision(tok: Tokenizer) -> None:
@@ -140,12 +154,12 @@ def test_inference_prompt(tok: Tokenizer) -> None:
     # the prompt is exactly the training sequence up to the last answer
     assert np.array_equal(prompt, train.input_ids[: len(prompt)])
     assert train.labels[len(prompt) - 1] == IGNORE_INDEX and train.labels[len(prompt)] != IGNORE_INDEX
-    # Show-o MMU inference: image prefix, bos, 'USER: \n' + q + ' ASSISTANT:'
+    # Show-o MMU inference: image prefix, bos, 'USER: ' + q + ' ASSISTANT:' (q stripped, as in training)
     q = f"What is this?\n{SHORT_ANSWER_PROMPT}"
     phi = build_prompt(f"<image>\n{q}", "phi1.5", tok, image_token_id=-200)
-    assert phi.tolist() == [-200, tok.bos_id, *tok.encode("USER: \n" + q + " ASSISTANT:")]
+    assert phi.tolist() == [-200, tok.bos_id, *tok.encode("USER: " + q + " ASSISTANT:")]
     assert OPTION_LETTER_PROMPT.startswith("Answer with the option's letter")
-    with pytest.raises(ValueError, match="end with a human turn"):
+    with pytest.raises(ConversationError, match="end with a human turn"):
         build_prompt(CONV, "chatml", tok, None)
     assert stop_token_ids("chatml", tok) == [tok.token_to_id("<|im_end|>"), tok.eos_id]
     assert stop_token_ids("plain", tok) == [ord("\n"), tok.eos_id]
@@ -154,47 +168,16 @@ def test_inference_prompt(tok: Tokenizer) -> None:
 def test_errors_name_the_problem(tok: Tokenizer) -> None:
     with pytest.raises(ValueError, match="'</s>' as a single token"):
         tokenize_conversation(CONV, "vicuna_v1", make_tokenizer("byte"), 64, None)
-    with pytest.raises(ValueError, match="turn 1: unknown role"):
+    with pytest.raises(ConversationError, match="turn 1: unknown role"):
         tokenize_conversation([CONV[0], {"from": "bot", "value": "x"}], "chatml", tok, 64, None)
-    with pytest.raises(ValueError, match="turn 2: turns must alternate"):
+    with pytest.raises(ConversationError, match="turn 2: turns must alternate"):
         tokenize_conversation([CONV[0], CONV[1], CONV[1]], "chatml", tok, 64, None)
-    with pytest.raises(ValueError, match="turn 0: 'value' must be a string"):
+    with pytest.raises(ConversationError, match="turn 0: 'value' must be a string"):
         tokenize_conversation([{"from": "human", "value": None}], "chatml", tok, 64, None)
+    for empty in ([], [CONV[1]]):  # nothing, or only an assistant turn (dropped as a leading one)
+        with pytest.raises(EmptyConversationError, match="no human turn"):
+            tokenize_conversation(empty, "chatml", tok, 64, None)
     with pytest.raises(ValueError, match="unknown conversation template"):
         render_conversation(CONV, "llama3")
     # a leading assistant turn is dropped, as the reference does
     assert render_conversation([CONV[1], *CONV[:2]], "chatml") == render_conversation(CONV[:2], "chatml")
-
-
-def test_labels_line_up_with_real_tokenizers(tmp_path) -> None:
-    """With a BPE tokenizer turn-by-turn ids can differ from whole-string ids at segment edges, but labels
-    always line up with inputs and each supervised span decodes back to its answer."""
-    pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    bpe = RustTokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([render_conversation(CONV, "chatml")] * 3, trainer)
-    bpe.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
-    hf = make_tokenizer("hf", tmp_path, special_tokens=["<|im_start|>", "<|im_end|>", "<image>"])
-    for name in ("chatml", "phi1.5"):
-        out = tokenize_conversation(CONV, name, hf, 1024, image_token_id=hf.token_to_id("<image>"))
-        assert [hf.decode(s) for s in spans(out.input_ids, out.labels)] == SUPERVISED[name]
-
-    spm = pytest.importorskip("sentencepiece")
-    with (tmp_path / "sp.model").open("wb") as f:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([render_conversation(CONV, "vicuna_v1")] * 3), model_writer=f,
-            vocab_size=300, character_coverage=1.0, byte_fallback=True, hard_vocab_limit=False, minloglevel=2)
-    sp = make_tokenizer("sentencepiece", tmp_path / "sp.model")  # "</s>" is the model's eos control piece
-    out = tokenize_conversation(CONV, "vicuna_v1", sp, 1024, image_token_id=-200)
-    assert out.input_ids[0] == sp.bos_id and (out.input_ids == -200).sum() == 1
-    assert [s[-1] for s in spans(out.input_ids, out.labels)] == [sp.eos_id] * 2
-    # SentencePiece drops the answer's leading space when decoding a span on its own
-    expected = [a.lstrip() for a in SUPERVISED["vicuna_v1"]]
-    assert [sp.decode(s) for s in spans(out.input_ids, out.labels)] == expected

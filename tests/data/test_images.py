@@ -17,8 +17,21 @@ def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- basics
 
 
-def test_clip_mean_rgb_is_reference_truncation():
-    assert tuple(int(m * 255) for m in im.CLIP_MEAN) == im.CLIP_MEAN_RGB
+def test_pad_fill_is_reference_truncation():
+    assert tuple(int(m * 255) for m in im.CLIP_MEAN) == im.CLIP_MEAN_RGB == im.pad_fill(im.CLIP_MEAN)
+    assert im.pad_fill(im.SIGLIP_MEAN) == (127, 127, 127)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit grey to 0..255 (every value above 255 turns white); decode_image keeps
+    the high byte, which is what PIL itself gives a 16-bit RGB PNG."""
+    values = np.array([[0, 255, 256, 25700, 32896, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as img:
+        assert img.mode == "I;16"
+    out = im.decode_image(tmp_path / "g16.png")
+    assert out.shape == (1, 6, 3) and (out == out[..., :1]).all()
+    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 1, 100, 128, 255])
 
 
 def test_decode_bytes_path_and_grey(tmp_path):

@@ -55,7 +55,7 @@ def test_json_source_skips_and_counts_missing_undecodable_and_malformed(tmp_path
     batches = list(pipeline.eval_batches(source, preprocess, global_batch_size=4, counter=counter))
     assert sum(int(b["valid"].sum()) for b in batches) == 2  # the good image record and the text-only one
     assert counter.counts == {"MissingImageError": 2, "ImageDecodeError": 1, "undecodable": 1,
-                              "ImageCountError": 1}
+                              "UnmatchedPlaceholderError": 1}
     with pytest.raises(ValueError, match="cannot read LLaVA JSON"):
         LlavaJsonSource(tmp_path / "nope.json")
 
@@ -67,7 +67,8 @@ def test_training_sample_labels_only_answers_and_expands_images():
     ids, labels, mask = ex["ids"], ex["labels"], ex["mask"]
     n = int(mask.sum())
     assert (ids[:n] == IMAGE_ID).sum() == 16 and (ids[n:] == TOK.pad_id).all()
-    assert TOK.decode([t for t in labels if t != IGNORE_INDEX]) == "blue<|im_end|>"
+    # chatml supervises the assistant turn whole (and preprocess_qwen's structural tokens before it)
+    assert TOK.decode([t for t in labels if t != IGNORE_INDEX]).endswith("<|im_start|>assistant\nblue<|im_end|>\n")
     assert (labels[ids == IMAGE_ID] == IGNORE_INDEX).all()
     start = int(np.argmax(ids == IMAGE_ID))
     np.testing.assert_array_equal(ex["image_index"][start:start + 16, 0], np.arange(16))
@@ -87,6 +88,9 @@ def test_truncation_never_cuts_an_image_and_empty_samples_are_refused():
     assert (ex["ids"] != IMAGE_ID).all() and ex["num_images"] == 0 and ex["image_weight"].sum() == 0
     with pytest.raises(ImageCountError):
         processor.training_example(_qa(images=1), [])
+    # the structural tokens chatml supervises do not count: with its answer cut away a sample teaches nothing
+    with pytest.raises(NoSupervisedTokensError):
+        _processor(max_len=70).training_example(_qa(question="x" * 20), [np.zeros((28, 28, 3), np.uint8)])
 
 
 def test_anyres_sample_uses_the_layout_count_and_slots():
@@ -117,3 +121,27 @@ def test_prompts_are_left_padded_with_shifted_maps():
         image_positions = np.flatnonzero(batch["ids"][row] == IMAGE_ID)
         np.testing.assert_array_equal(batch["image_index"][row, image_positions, 0], np.arange(16))
     assert TOK.decode(a["ids"]).endswith("<|im_start|>assistant\n")
+
+
+def test_onevision_multi_image_pads_each_image_with_the_mean_colour():
+    """The reference processes every image of a multi-image sample with 'pad' (mean-colour square, then the
+    processor's resize) and keeps its base view + one newline; a single image still gets AnyRes tiles."""
+    fill = im.pad_fill(im.SIGLIP_MEAN)
+    pins = ((28, 56), (56, 28), (56, 56))
+    processor = _processor(max_len=200, mode="anyres", pinpoints=pins, newline=True, max_images=2,
+                           multi_image="base", fill=fill)
+    wide, tall = _rgb_image(20, 50, 1), _rgb_image(60, 21, 2)
+    ex = processor.training_example(_qa(images=2), [wide, tall])
+    for slot, image in enumerate([wide, tall]):
+        np.testing.assert_array_equal(ex["pixels"][slot, 0], im.llava15_image(image, 28, fill=fill))
+        assert (ex["pixels"][slot, 1:] == 0).all()  # no tiles
+    assert (ex["pixels"][0, 0, 0, 0] == fill).all()  # the border of the wide image is the mean colour
+    assert (ex["ids"] == IMAGE_ID).sum() == 2 * (16 + 1)  # base view + newline each
+    single = processor.training_example(_qa(), [wide])
+    assert (single["ids"] == IMAGE_ID).sum() == processor.cfg.layout(50, 20).num_tokens
+    np.testing.assert_array_equal(single["pixels"][0, : processor.cfg.layout(50, 20).num_tiles],
+                                  im.anyres_tiles(wide, pins, 28))
+
+
+def _rgb_image(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

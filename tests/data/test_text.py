@@ -142,3 +142,21 @@ def test_missing_and_bad_files_named(tmp_path: Path) -> None:
         make_tokenizer("hf")
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         make_tokenizer("gpt2")
+
+
+@pytest.mark.parametrize("kind", ["byte", "sentencepiece", "hf"])
+def test_offsets_say_where_each_token_starts(kind: str, sp_path: Path, hf_dir: Path) -> None:
+    path = {"byte": None, "sentencepiece": sp_path, "hf": hf_dir}[kind]
+    tok = make_tokenizer(kind, path, special_tokens=["<image>", "</s>"])
+    text = "héllo 猫, the cat<image>the  dog</s> 12\nend"
+    ids, starts = tok.encode_with_offsets(text)
+    assert ids == tok.encode(text) and len(starts) == len(ids)
+    assert starts == sorted(starts) and all(0 <= s < len(text) for s in starts)
+    for i, s, k in zip(ids, starts, range(len(ids))):
+        piece = tok.decode([i])
+        if piece in ("<image>", "</s>"):
+            assert text.startswith(piece, s)
+        elif piece.strip() and "\ufffd" not in piece:  # a whole-character token: its text is found where it starts
+            assert text[s:].lstrip(" ").startswith(piece.strip()), (k, piece, text[s:])
+    if kind == "byte":
+        assert starts[:3] == [0, 1, 1]  # "é" is two bytes of character 1

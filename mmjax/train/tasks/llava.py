@@ -1,13 +1,15 @@
 """LLaVA training: next-token loss on the supervised (assistant) tokens of image-grounded conversations.
 
-Stages differ only in the config: stage 1 trains the projector (`optim.frozen` = vision tower + LM), stage 2 the
-projector and LM (vision frozen, or trained at its own rate through `optim.lr_mult`). Weights enter a fresh run
+Stages differ only in the config: stage 1 trains the projector alone (`optim.frozen` = everything else, as the
+reference's `tune_mm_mlp_adapter` / `mm_tunable_parts=mm_mlp_adapter`), stage 2 the projector and LM (vision
+frozen, or trained at its own rate through `optim.lr_mult`). Weights enter a fresh run
 through `pretrained_variables` (`config.init`): a previous run's workdir (stage 2 from stage 1), a HF
 LLaVA-family checkpoint, or a HF CLIP/SigLIP tower plus a HF LM (the start of stage 1).
 
-Data: `config.data.<split>` is either `llava_json` (`json`, `images`: LLaVA's JSON + image folder, see
+Data: `config.data.<split>` is either `llava_json` (`json`, `images`: LLaVA's JSON / JSONL + image folder, see
 `mmjax.data.llava_data`) or any mmjax source of records with `image` and `caption` / `question` + `answer`
-(synthetic shapes): `config.text.shapes_task` = caption (stage 1, `plain` template) or qa.
+(synthetic shapes): `config.text.shapes_task` = caption (stage 1, `plain` template) or qa. Bad records raise the
+named errors of `mmjax.data.llava_data` (with the record's file and line), which the pipeline skips and counts.
 
 Evaluation: teacher-forced loss and token accuracy on `config.eval.num_examples` records of the eval split and,
 with `config.eval.generate`, greedy answers to its questions (batched KV-cache generation) scored by exact match
@@ -17,6 +19,7 @@ after light normalisation: `vqa_accuracy`, a fraction in [0, 1]; the answers go 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +31,15 @@ import numpy as np
 import optax
 
 from mmjax.data.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_template, stop_token_ids
-from mmjax.data.llava_data import ImageConfig, LlavaJsonSource, LlavaProcessor, collate_prompts, load_images
+from mmjax.data.images import MAX_IMAGE_PIXELS, pad_fill
+from mmjax.data.llava_data import (
+    ImageConfig,
+    LlavaJsonSource,
+    LlavaProcessor,
+    collate_prompts,
+    load_images,
+    record_context,
+)
 from mmjax.data.text import make_tokenizer
 from mmjax.eval.vqa import normalize_gqa_answer
 from mmjax.models.generate import generate
@@ -53,7 +64,8 @@ class LlavaTask(Task):
             model["lm"]["vocab_size"] = self.tokenizer.vocab_size
         self.model_cfg = LlavaConfig.from_dict({**model, "image_token_id": image_token_id})
         self.model = Llava(self.model_cfg)
-        self.image_cfg = ImageConfig.from_dict(config.image.to_dict())
+        # pad-to-square fills with the tower's mean colour, as the reference does
+        self.image_cfg = ImageConfig.from_dict({**config.image.to_dict(), "fill": pad_fill(self.model_cfg.image_mean)})
         if self.image_cfg.patch_size != self.model_cfg.patch_size:
             raise ValueError(f"config.image.patch_size {self.image_cfg.patch_size} != the tower's "
                              f"{self.model_cfg.patch_size}")
@@ -79,7 +91,8 @@ class LlavaTask(Task):
         """A record as (LLaVA conversation, images): LLaVA JSON records as they are, shapes-like records as a
         caption (stage 1) or question/answer (stage 2) turn pair."""
         if "conversations" in record:
-            images = load_images(record) if "image_paths" in record else list(record.get("images", []))
+            images = (load_images(record, self.image_cfg.max_pixels) if "image_paths" in record
+                      else list(record.get("images", [])))
             return list(record["conversations"]), images
         images = [np.asarray(record["image"])] if "image" in record else []
         prefix = IMAGE_PLACEHOLDER + "\n" if images else ""
@@ -95,8 +108,9 @@ class LlavaTask(Task):
         return f"{question}\n{suffix}" if suffix else question
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        conv, images = self.conversation(record)
-        return self.processor.training_example(conv, images)
+        with record_context(record):
+            conv, images = self.conversation(record)
+            return self.processor.training_example(conv, images)
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype)
@@ -226,7 +240,8 @@ class LlavaTask(Task):
 
 def base_config(stage: int, **trainer_overrides: Any) -> ml_collections.ConfigDict:
     """Every field a LLaVA config may set (so a misspelt override fails), with stage-dependent freezing:
-    stage 1 trains the projector (+ image_newline) only; stage 2 also the LM. Configs fill in the rest."""
+    stage 1 trains the projector only (not even `image_newline`: the reference's stage 1 tunes
+    `mm_mlp_adapter` alone); stage 2 everything but the vision tower. Configs fill in the rest."""
     from mmjax.train.defaults import trainer_config
 
     c = trainer_config(task="llava", **trainer_overrides)
@@ -235,17 +250,18 @@ def base_config(stage: int, **trainer_overrides: Any) -> ml_collections.ConfigDi
         lm=dict(preset=""), vision=dict(preset="clip"), feature_layer=-2, drop_cls=True, projector="mlp2x_gelu",
         image_newline=False))
     c.image = ml_collections.ConfigDict(dict(mode="pad", size=336, patch_size=14, pinpoints=(), anyres_max=0,
-                                             newline=False, multi_image="same", max_images=1, max_tiles=0, taps=1))
+                                             newline=False, multi_image="same", max_images=1, max_tiles=0, taps=1,
+                                             max_pixels=MAX_IMAGE_PIXELS))
     c.text = ml_collections.ConfigDict(dict(
         tokenizer="byte", tokenizer_path="", special_tokens=(), template="plain" if stage == 1 else "vicuna_v1",
         max_len=2048, image_first=stage != 1, shapes_task="caption" if stage == 1 else "qa", answer_prompt=""))
     c.init = ml_collections.ConfigDict(dict(workdir="", hf_llava="", hf_vision="", hf_lm=""))
     c.eval = ml_collections.ConfigDict(dict(num_examples=256, generate=stage != 1, max_new_tokens=16))
     c.optim.update(schedule="cosine", weight_decay=0.0, clip_norm=1.0,
-                   frozen=(r"^vision_tower/", r"^lm/") if stage == 1 else (r"^vision_tower/",))
+                   frozen=(r"^(?!projector/)",) if stage == 1 else (r"^vision_tower/",))
     return c
 
 
 def warmup(total_steps: int, ratio: float = 0.03) -> int:
-    """Warmup steps for the reference's `warmup_ratio` (0.03 of the run)."""
-    return max(1, round(ratio * total_steps))
+    """Warmup steps for the reference's `warmup_ratio` (0.03 of the run), rounded up as HF's Trainer does."""
+    return max(1, math.ceil(ratio * total_steps))
