@@ -107,8 +107,23 @@ def test_cache_prefill_and_decode_match_full_pass(scan):
     for t in (5, 6):
         logits, cache = run(p, ids[:, t:t + 1], cache=cache)
         steps.append(logits)
-    assert cache.k.shape == (cfg.num_layers, 2, 12, cfg.kv_heads, cfg.dim_per_head) and int(cache.index) == 7
+    layer_shape = (2, 12, cfg.kv_heads, cfg.dim_per_head)
+    if scan:  # stacked over layers
+        assert cache.k.shape == (cfg.num_layers, *layer_shape)
+    else:  # one buffer per layer, updated in place by decode steps
+        assert len(cache.k) == cfg.num_layers and all(k.shape == layer_shape for k in cache.k)
+    assert int(cache.index) == 7
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+
+
+def test_unrolled_for_decoding_computes_the_same_logits():
+    from mmjax.models.lm import unrolled_for_decoding
+
+    cfg = get_config("tiny-phi", scan_layers=True)
+    p, ids = _init(cfg), _ids(t=7)
+    model, params = unrolled_for_decoding(LM(cfg), p)
+    assert not model.cfg.scan_layers and "layers_1" in params and "layers" not in params
+    np.testing.assert_allclose(model.apply({"params": params}, ids), _apply(cfg)(p, ids), atol=1e-5)
 
 
 def test_full_mask_without_causal_is_prefix_lm():
