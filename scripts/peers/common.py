@@ -80,17 +80,25 @@ def maybe_compile(fn: Callable, bench: Bench, mode: str) -> Callable:
     return torch.compile(fn, mode=None if mode == "default" else mode)
 
 
-def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
-    """One optimisation step: forward + loss, backward, AdamW update, grads freed (set_to_none)."""
+def time_training(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, bench: Bench,
+                  compile_mode: str) -> tuple[list[float], list[float]]:
+    """Time optimisation steps (forward + loss, backward, AdamW update, grads freed with set_to_none), the loss
+    function compiled when asked. Returns the timed steps' milliseconds and every step's loss (warm-up ones
+    first): compiled and eager runs of one spec start from the same weights and batch, so their losses must
+    agree, which is how a wrong compiled program shows."""
+    loss_fn = maybe_compile(loss_fn, bench, compile_mode)
+    losses: list[torch.Tensor] = []
 
-    def step() -> torch.Tensor:
+    def step() -> None:
         loss = loss_fn()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        losses.append(loss.detach())  # read after timing: no device sync inside the timed steps
 
-    return step
+    reset_peak_memory(bench.device)
+    times, _ = time_steps(step, bench)
+    return times, [float(loss) for loss in losses]
 
 
 def synchronize(device: torch.device) -> None:

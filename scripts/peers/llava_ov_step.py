@@ -14,7 +14,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 DEFAULT_SPEC: dict[str, Any] = {
-    "batch": 4, "seq_len": 4000, "image_size": [768, 768], "lr": 1e-5, "vision_frozen": True,
+    "batch": 4, "seq_len": 4000, "image_size": [768, 768], "lr": 1e-5, "vision_frozen": True,  # image: [h, w]
     # Qwen2-0.5B
     "hidden": 896, "layers": 24, "heads": 14, "kv_heads": 2, "mlp": 4864, "vocab": 151936, "rope_theta": 1e6,
     "image_token_id": 151646, "video_token_id": 151647,
@@ -95,10 +95,8 @@ def run(spec: dict[str, Any], bench: common.Bench) -> dict[str, Any]:
             return model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, labels=labels,
                          use_cache=False).loss
 
-    step = common.train_step(common.maybe_compile(loss_fn, bench, spec["compile_mode"]), optimizer)
-    common.reset_peak_memory(bench.device)
-    times, loss = common.time_steps(step, bench)
+    times, losses = common.time_training(loss_fn, optimizer, bench, spec["compile_mode"])
     return common.result(
         "llava_ov_step", bench, times, attention=model.config.text_config._attn_implementation,
         dtype="bf16-autocast/fp32-master", spec=spec, tokens=batch * spec["seq_len"], images=batch, tiles=tiles,
-        image_tokens=counts, trainable_params=sum(p.numel() for p in trainable), loss=float(loss))
+        image_tokens=counts, trainable_params=sum(p.numel() for p in trainable), loss=losses[-1], losses=losses)

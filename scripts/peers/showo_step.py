@@ -67,11 +67,9 @@ def run(spec: dict[str, Any], bench: common.Bench) -> dict[str, Any]:
             logits = model(input_ids=batch["input_ids"], attention_mask=bias, use_cache=False).logits
             return showo_loss(logits, batch["labels"], spec["rows"], spec["max_text_len"], spec["coeffs"])
 
-    step = common.train_step(common.maybe_compile(loss_fn, bench, spec["compile_mode"]), optimizer)
-    common.reset_peak_memory(bench.device)
-    times, loss = common.time_steps(step, bench)
+    times, losses = common.time_training(loss_fn, optimizer, bench, spec["compile_mode"])
     rows = sum(spec["rows"].values())
     return common.result(
         "showo_step", bench, times, attention=model.config._attn_implementation, dtype="bf16-autocast/fp32-master",
         spec=spec, tokens=rows * spec["seq_len"], rows=rows,
-        nonpad_tokens=int((batch["input_ids"] != ids.pad).sum()), loss=float(loss))
+        nonpad_tokens=int((batch["input_ids"] != ids.pad).sum()), loss=losses[-1], losses=losses)

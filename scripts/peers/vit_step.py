@@ -48,10 +48,8 @@ def run(spec: dict[str, Any], bench: common.Bench) -> dict[str, Any]:
         with common.autocast(bench.device):
             return F.cross_entropy(model(pixels).float(), labels)
 
-    step = common.train_step(common.maybe_compile(loss_fn, bench, spec["compile_mode"]), optimizer)
-    common.reset_peak_memory(bench.device)
-    times, loss = common.time_steps(step, bench)
+    times, losses = common.time_training(loss_fn, optimizer, bench, spec["compile_mode"])
     return common.result(
         "vit_step", bench, times, attention=model.tower.config._attn_implementation,
         dtype="bf16-autocast/fp32-master", spec=spec, images=batch,
-        tokens=batch * ((size // spec["patch"]) ** 2 + 1), loss=float(loss))
+        tokens=batch * ((size // spec["patch"]) ** 2 + 1), loss=losses[-1], losses=losses)

@@ -140,7 +140,8 @@ def test_showo_step(capsys):
     r = _run(capsys, "showo_step", {**SHOWO, "seq_len": 27, "rows": rows})
     assert r["tokens"] == 7 * 27 and r["rows"] == 7 and 0 < r["nonpad_tokens"] < r["tokens"]
     # near-uniform logits at init: each task's cross-entropy is ~ln(vocab), weighted 1 + 0.1 + 1
-    assert math.isfinite(r["loss"]) and r["loss"] == pytest.approx(2.1 * math.log(47), abs=0.3)
+    assert len(r["losses"]) == 3 and r["loss"] == r["losses"][-1] and all(map(math.isfinite, r["losses"]))
+    assert r["losses"][0] == pytest.approx(2.1 * math.log(47), abs=0.3)
     assert r["dtype"] == "bf16-autocast/fp32-master"
 
 
@@ -164,7 +165,8 @@ def test_vit_step(capsys):
     spec = {"batch": 2, "image_size": 28, "patch": 14, "hidden": 32, "layers": 2, "heads": 4, "mlp": 64,
             "classes": 10}
     r = _run(capsys, "vit_step", spec)
-    assert r["images"] == 2 and r["tokens"] == 2 * (2 * 2 + 1) and math.isfinite(r["loss"])
+    assert r["images"] == 2 and r["tokens"] == 2 * (2 * 2 + 1)
+    assert len(r["losses"]) == 3 and r["losses"][0] == pytest.approx(math.log(10), abs=0.5)
 
 
 def test_llava_ov_step(capsys):
@@ -177,7 +179,7 @@ def test_llava_ov_step(capsys):
     # keeps int(50 * 10 / 70) = 7 -> columns 1..8 (8 wide); 10 rows x (8 + newline) + 25 base = 115 tokens
     assert r["tiles"] == 5 and r["image_tokens"] == [115, 115]
     assert r["tokens"] == 2 * 160 and r["images"] == 2
-    assert r["loss"] == pytest.approx(math.log(200), abs=0.2)
+    assert len(r["losses"]) == 3 and r["losses"][0] == pytest.approx(math.log(200), abs=0.2)
     # frozen tower: only Qwen2 (tied embedding 6400 + 2 layers x 9344 + final norm 32), the projector (2 x 1056)
     # and image_newline (32) train
     assert r["trainable_params"] == 6400 + 2 * 9344 + 32 + 2 * 1056 + 32
@@ -211,3 +213,19 @@ def test_cli_prints_one_result_line_and_writes_out(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert out.read_text().strip() == last
     assert json.loads(last.removeprefix("PEER_RESULT "))["tokens"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_showo_step_matches_eager(capsys):
+    """torch.compile must not change what a step computes: from the same weights and batch, compiled and eager
+    losses agree step by step. Runs on the GPU where there is one: an H200 run of the full-size showo_step once
+    gave a compiled loss of 34.7 after 8 steps where eager gave ~22 (suspected: the misaligned attention bias)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = json.dumps({**SHOWO, "seq_len": 27, "rows": {"t2i": 3, "lm": 2, "mmu": 2}, "lr": 1e-3})
+    losses = {}
+    for compiled in ("0", "1"):
+        losses[compiled] = run.main(["showo_step", "--spec", spec, "--device", device, "--compile", compiled,
+                                     "--warmup", "1", "--iters", "3"])["losses"]
+    capsys.readouterr()
+    assert losses["1"] == pytest.approx(losses["0"], rel=1e-2)
+    assert losses["0"][-1] < losses["0"][0]  # and it learns
