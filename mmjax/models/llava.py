@@ -167,7 +167,8 @@ class Llava(nn.Module):
     def __call__(self, ids: jax.Array, pixels: jax.Array | None = None, *, image_index: jax.Array | None = None,
                  image_weight: jax.Array | None = None, mask: jax.Array | None = None,
                  positions: jax.Array | None = None) -> jax.Array:
-        """Logits; `mask` (B, T) bool marks real tokens (right padding), ANDed with the causal pattern."""
+        """Logits; `mask` (B, T) bool marks real tokens, which the processor right-pads: they reach attention as
+        lengths, so the causal kernel runs without a dense (B, 1, T, T) padding bias (see mmjax.nn.attention)."""
         embeds = self.embed(ids, pixels, image_index, image_weight)
-        attn_mask = None if mask is None else mask[:, None, None, :].astype(bool)
-        return self.lm(embeds=embeds, mask=attn_mask, positions=positions)
+        lengths = None if mask is None else jnp.sum(mask, axis=-1, dtype=jnp.int32)
+        return self.lm(embeds=embeds, kv_lengths=lengths, positions=positions)
