@@ -62,6 +62,12 @@ class Task:
         record = self.preprocess(self.source("train")[0], None)
         return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
 
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """A batch of the training shapes with realistic random content (ids within their vocabularies, lengths
+        within their limits, images in range), made without reading any data file: for benchmarks and
+        compile checks. Tasks whose step depends on the values (not only the shapes) override it."""
+        raise NotImplementedError(f"{type(self).__name__} has no synthetic_batch")
+
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         """All variables of the model (params boxed with logical names, plus any other collections)."""

@@ -42,6 +42,12 @@ class ClassificationTask(Task):
         lo, hi = aug.value_range
         return {"image": lo + (hi - lo) * image, "label": np.int32(record["label"])}
 
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        size, (lo, hi) = self.config.augment.image_size, self.config.augment.value_range
+        image = rng.uniform(lo, hi, (batch_size, size, size, 3)).astype(np.float32)
+        return {"image": image, "label": rng.integers(0, self.config.num_classes, batch_size).astype(np.int32)}
+
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         return self.model.init(rng, batch["image"])
 

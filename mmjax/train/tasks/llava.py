@@ -116,6 +116,19 @@ class LlavaTask(Task):
         return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype)
                 for k, v in self.processor.example_shapes().items()}
 
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """One conversation about one random image (two tiles wide and high under AnyRes: 768 px for a 384 px
+        tower), its answer long enough to fill `text.max_len`, processed exactly like training data."""
+        rng = np.random.default_rng(seed)
+        side = self.image_cfg.size * (2 if self.image_cfg.mode == "anyres" else 1)
+        image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        words = " ".join(rng.choice(["red", "blue", "circle", "square", "large", "small", "left", "right"],
+                                    self.config.text.max_len))
+        conv = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nDescribe the image."},
+                {"from": "gpt", "value": words}]
+        example = self.processor.training_example(conv, [image])
+        return {k: np.repeat(np.asarray(v)[None], batch_size, axis=0) for k, v in example.items()}
+
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         return self.model.init(rng, batch["ids"], batch["pixels"], image_index=batch["image_index"],
