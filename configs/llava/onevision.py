@@ -51,8 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.stage == 1:
         c.image.update(mode="squash", size=384, patch_size=14)
     else:
+        # max_tiles 10: grids of up to 9 tiles + the base view (the tokens are pooled to ~9 tiles' worth anyway);
+        # without a cap every sample would encode 37 tiles (the 6x6 grid), whatever its size.
         c.image.update(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9,
-                       newline=True, multi_image="base", taps=4)
+                       newline=True, multi_image="base", taps=4, max_tiles=10)
     c.text.update(tokenizer="hf", template="plain" if arg.stage == 1 else "chatml",
                   max_len=8192 if arg.stage == 1 else 32768)
     c.data.train = ml_collections.ConfigDict(dict(name="llava_json", json="", images=""))

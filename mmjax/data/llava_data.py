@@ -207,8 +207,24 @@ class ImageConfig:
             return 1
         return 1 + max((w // self.size) * (h // self.size) for w, h in self.pinpoints)
 
+    @property
+    def usable_pinpoints(self) -> tuple[tuple[int, int], ...]:
+        """The pinpoints whose grid (plus the base view) fits `max_tiles` (all of them when it is 0).
+
+        Shapes are fixed in JAX, so every sample pays for `tiles` tower passes whether it uses them or not: a
+        OneVision config sized for its largest 6x6 grid would encode 37 tiles for every image (a 768 px image
+        needs 5). Capping the tiles makes an image bigger than the cap take the best grid within it, instead of
+        being refused; docs/llava.md lists this as a difference from the reference.
+        """
+        if not self.max_tiles:
+            return self.pinpoints
+        fits = tuple((w, h) for w, h in self.pinpoints if 1 + (w // self.size) * (h // self.size) <= self.max_tiles)
+        if not fits:
+            raise ValueError(f"image.max_tiles={self.max_tiles} admits none of the pinpoints {self.pinpoints}")
+        return fits
+
     def layout(self, width: int, height: int) -> im.AnyResLayout:
-        return im.anyres_token_layout((width, height), self.pinpoints, self.size, self.patch_size,
+        return im.anyres_token_layout((width, height), self.usable_pinpoints, self.size, self.patch_size,
                                       max_tiles=self.anyres_max or None, newline=self.newline)
 
 
@@ -220,7 +236,7 @@ def process_media(item: np.ndarray, cfg: ImageConfig, alone: bool = True) -> tup
         return frames, video_map(len(frames), cfg.side, newline=True)
     if cfg.mode == "anyres" and alone:
         layout = cfg.layout(item.shape[1], item.shape[0])
-        return im.anyres_tiles(item, cfg.pinpoints, cfg.size), anyres_map(layout)
+        return im.anyres_tiles(item, cfg.usable_pinpoints, cfg.size), anyres_map(layout)
     if cfg.mode == "pad" or not alone:  # the reference pads every image of a multi-image sample
         tile = im.llava15_image(item, cfg.size, fill=cfg.fill)
     elif cfg.mode == "llava1":

@@ -145,3 +145,17 @@ def test_onevision_multi_image_pads_each_image_with_the_mean_colour():
 
 def _rgb_image(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_max_tiles_caps_the_anyres_grid_instead_of_refusing_big_images():
+    from mmjax.data.images import ONEVISION_PINPOINTS
+    from mmjax.data.llava_data import ImageConfig, process_media
+
+    capped = ImageConfig(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9,
+                         max_tiles=10)
+    big = np.zeros((2000, 2000, 3), np.uint8)  # the uncapped best grid would be 6x6 = 36 tiles
+    tiles, tmap = process_media(big, capped)
+    assert len(tiles) == 1 + 9 and tmap.num_tokens == capped.layout(2000, 2000).num_tokens
+    small = np.zeros((768, 768, 3), np.uint8)  # below the cap nothing changes
+    uncapped = ImageConfig(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9)
+    assert len(process_media(small, capped)[0]) == len(process_media(small, uncapped)[0]) == 5

@@ -129,5 +129,6 @@ def test_paper_configs_build_their_models_and_optimizers(spec):
         assert image.mode == "squash" and image.size == 384 and config.text.max_len == 8192
     if spec.startswith("onevision.py:size=0.5b,stage=2"):
         assert config.text.template == "chatml" and config.text.image_first and image.multi_image == "base"
-        assert image.tiles == 37 and image.taps == 4 and len(image.pinpoints) == 36 and cfg.tower_depth == 26
+        assert image.tiles == 10 and image.taps == 4 and len(image.pinpoints) == 36 and cfg.tower_depth == 26
+        assert max(w * h for w, h in image.usable_pinpoints) == 9 * 384 * 384  # grids of at most 9 tiles
         assert dict(config.optim.lr_mult) == {r"^vision_tower/": 0.2}
