@@ -9,7 +9,8 @@ The task is rebuilt from RUN/config.json and the weights come from RUN's newest 
 run kept them); the frozen image tokenizer comes from the same checkpoint's `model_state`, so a run directory is
 all that is needed. Images go to OUT/sample_<i>.png plus OUT/grid.png; answers are printed and written to
 OUT/answers.jsonl. Inpainting masks are images whose white (> 0.5) pixels are repainted; they are resized to the
-token grid the way the reference does (bicubic, threshold 0.5).
+token grid the way the reference does (bicubic, threshold 0.5). RUN may be relative. Errors in the arguments, the
+run or the input files are one `error:` line with exit status 2 (`--debug` for the traceback; see `mmjax.cli`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmjax import cli
+
 TASKS = ("t2i", "mmu", "inpaint", "extrapolate")
 
 
 def load_run(workdir: str) -> tuple[Any, Any, Any]:
     """(ShowoTask, params, model_state) of a run directory."""
+    from mmjax.configlib import ConfigError
     from mmjax.train.checkpoint import load_params
     from mmjax.train.tasks import make_task
 
@@ -39,7 +43,7 @@ def load_run(workdir: str) -> tuple[Any, Any, Any]:
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     if config.task != "showo":
-        raise ValueError(f"{workdir} is a {config.task!r} run; mmjax.sample serves Show-o runs")
+        raise ConfigError(f"{workdir} is a {config.task!r} run; mmjax.sample serves Show-o runs")
     task = make_task(config)
     params = load_params(workdir, key="ema_params" if config.get("ema_decay") else "params")
     return task, params, load_params(workdir, key="model_state")
@@ -91,8 +95,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         canvas = showo_model.blank_canvas(args.num, task.n, task.vocab)
         codes = showo_model.t2i_generate(task.model, params, text, lens, canvas, rng, **kw).tokens
         return {"images": _decode_and_save(task, model_state, codes, args.out)}
-    if not args.image:
-        raise SystemExit(f"--task {args.task} needs --image")
     image = read_image(args.image, task.image_size)
     codes = task.encode_images(model_state, image[None])
     if args.task == "mmu":
@@ -104,8 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     codes = jnp.repeat(codes, args.num, axis=0)
     text, lens = _prompts(task, args.prompt, args.num)
     if args.task == "inpaint":
-        if not args.mask:
-            raise SystemExit("--task inpaint needs --mask (white = repaint)")
         mask = (read_image(args.mask, task.image_size)[..., 0] + 1.0) / 2.0
         token_mask = jnp.repeat(inpainting_token_mask(jnp.asarray(mask)[None], task.grid), args.num, axis=0)
         new = showo_model.inpaint(task.model, params, text, lens, codes, token_mask, rng, **kw)
@@ -116,19 +116,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mmjax.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m mmjax.sample", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a Show-o training run directory")
     p.add_argument("--task", choices=TASKS, default="t2i")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--prompt", default="", help="caption for t2i / inpaint / extrapolate")
-    p.add_argument("--num", type=int, default=4, help="images to generate")
+    p.add_argument("--num", type=cli.int_at_least(1), default=4, help="images to generate")
     p.add_argument("--image", default="", help="input image (mmu, inpaint, extrapolate)")
     p.add_argument("--mask", default="", help="inpainting mask image, white = repaint")
     p.add_argument("--question", default="", help="question for --task mmu")
     p.add_argument("--direction", default="right", choices=("left", "right", "up", "down"))
-    p.add_argument("--offset", type=int, default=0, help="extrapolation: extra new grid lines")
-    p.add_argument("--steps", type=int, default=0, help="MaskGIT steps (default: the run's eval.t2i_steps)")
+    p.add_argument("--offset", type=cli.int_at_least(0), default=0, help="extrapolation: extra new grid lines")
+    p.add_argument("--steps", type=cli.int_at_least(0), default=0,
+                   help="MaskGIT steps (default: the run's eval.t2i_steps)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -137,15 +138,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"--task {args.task} needs --prompt")
     if args.task == "mmu" and not args.question:
         p.error("--task mmu needs --question")
+    if args.task != "t2i" and not args.image:
+        p.error(f"--task {args.task} needs --image")
+    if args.task == "inpaint" and not args.mask:
+        p.error("--task inpaint needs --mask (white = repaint)")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+def _sample(args: argparse.Namespace) -> int:
     result = run(args)
     if "images" in result:
         print("\n".join(result["images"]))
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args = parse(sys.argv[1:] if argv is None else argv)
+    return cli.run_main(lambda: _sample(args), debug=args.debug)
 
 
 if __name__ == "__main__":

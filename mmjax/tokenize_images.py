@@ -17,6 +17,8 @@ skipped and counted (the count is printed and stored in tokenizer.json).
 
 The tokenizer is a training run (`--workdir`: its config.json and newest checkpoint, EMA params when the run kept
 them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py`).
+Errors in the arguments, the run or the data are one `error:` line with exit status 2 (`--debug` for the
+traceback; see `mmjax.cli`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+
+from mmjax import cli
 
 log = logging.getLogger("mmjax.tokenize_images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -72,9 +76,11 @@ class Tokenizer:
         return self.task.tokenizer_variables(params, state or {})
 
     def _load_pretrained(self) -> dict[str, Any]:
+        from mmjax.configlib import ConfigError
+
         loaded = self.task.pretrained_variables() or {}
         if "params" not in loaded:
-            raise ValueError(f"{self.source_name}: config.pretrained.path names no weights")
+            raise ConfigError(f"{self.source_name}: config.pretrained.path names no weights")
         return self.task.tokenizer_variables(loaded["params"], {})
 
     @property
@@ -199,26 +205,31 @@ def tokenize_source(tok: Tokenizer, source: Any, out_dir: str, shards: int, batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmjax.tokenize_images", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mmjax.tokenize_images", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", help="a training run of the tokenizer (config.json + checkpoints)")
     parser.add_argument("--config", help="instead of --workdir: a vq config whose pretrained.path names weights")
     parser.add_argument("--images", help="reconstruct every image in this folder")
     parser.add_argument("--dataset-config", help="tokenize config.data.<split> of this config file[:arg]")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=0, help="tokenize only the first N records (0: all)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=0, help="image size (default: the tokenizer's)")
+    parser.add_argument("--shards", type=cli.int_at_least(1), default=1)
+    parser.add_argument("--limit", type=cli.int_at_least(0), default=0,
+                        help="tokenize only the first N records (0: all)")
+    parser.add_argument("--batch", type=cli.int_at_least(1), default=64)
+    parser.add_argument("--size", type=cli.int_at_least(0), default=0, help="image size (default: the tokenizer's)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cli.setup_logging()
     if bool(args.images) == bool(args.dataset_config):
         parser.error("give exactly one of --images DIR or --dataset-config FILE")
+    if bool(args.workdir) == bool(args.config):
+        parser.error("give exactly one of --workdir (a trained run) or --config (pretrained weights)")
+    return cli.run_main(lambda: _tokenize(parser, args), debug=args.debug)
+
+
+def _tokenize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         tok = Tokenizer(args.workdir, args.config, args.size)
-    except (ValueError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # --workdir is not a run: a usage error, reported like the other arguments'
         parser.error(str(e))
     if args.images:
         summary = reconstruct_folder(tok, args.images, args.out, batch=min(args.batch, 16))

@@ -1,12 +1,21 @@
 """grain input pipelines: per-host sharding, seeded shuffling, preprocessing, skip-and-count, batching, prefetch.
 
 A task supplies a random-access source and `preprocess(record, rng) -> dict of numpy arrays | None` (rng is a
-`np.random.Generator` during training and None during evaluation). Records that fail to decode or preprocess are
-skipped and counted (`SkipCounter`), never silently lost: the trainer logs the count with the metrics.
+`np.random.Generator` during training and None during evaluation). Records that fail are skipped and counted by
+reason, never silently lost: the reason is the class name of the exception `preprocess` raised, "undecodable" for a
+source that returned None, "rejected" for `preprocess` returning None. The first few skips of each reason are
+logged with their message, then every `LOG_EVERY`-th with the running count.
+
+A training pipeline that skips nearly everything would spin forever, so it stops with `DataStarvedError`, naming
+the reasons, once the `StarvationLimits` are exceeded. Skips are counted where records are processed (grain's
+threads, or with `worker_count > 0` each worker process in its own copy of the counter), so every batch carries
+the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to the trainer's counter: the
+counts reach the trainer in both modes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -16,33 +25,114 @@ import grain
 import jax
 import numpy as np
 
+from mmjax.data.sources import DataError
+
 log = logging.getLogger(__name__)
 Preprocess = Callable[[dict[str, Any], np.random.Generator | None], dict[str, np.ndarray] | None]
+SKIPS_KEY = "_skipped"   # a batch's skip counts, from the process that built it; removed before the trainer sees it
+LOG_FIRST, LOG_EVERY = 3, 1000
+
+
+class DataStarvedError(DataError):
+    """The training data yields (almost) nothing but skipped records; the message names the reasons."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StarvationLimits:
+    """When a training pipeline gives up: `max_consecutive` skips in a row, or more than `max_fraction` of the
+    records read once at least `check_after` were read (0 / 1.0 disable the respective test)."""
+
+    max_consecutive: int = 1000
+    max_fraction: float = 0.9
+    check_after: int = 1000
 
 
 class SkipCounter:
-    """Counts skipped records by reason; shared by the pipeline's transforms (thread-safe).
+    """Counts skipped (and kept) records by reason, thread-safe; with limits, raises when the input is starved."""
 
-    With `data_workers > 0` each grain worker process counts (and logs) its own skips in its own copy.
-    """
-
-    def __init__(self):
+    def __init__(self, limits: StarvationLimits | None = None):
         self._lock = threading.Lock()
+        self.limits = limits
         self.counts: dict[str, int] = {}
+        self.examples: dict[str, str] = {}   # the first message of each reason, for the starvation error
+        self.kept = 0
+        self.consecutive = 0
+        self._reported: dict[str, int] = {}
 
     def __getstate__(self) -> dict:
-        return {"counts": dict(self.counts)}
+        return {"limits": self.limits, "counts": dict(self.counts), "examples": dict(self.examples),
+                "kept": self.kept}
 
     def __setstate__(self, state: dict) -> None:
-        self._lock, self.counts = threading.Lock(), state["counts"]
+        self.__init__(state["limits"])
+        self.counts, self.examples, self.kept = state["counts"], state["examples"], state["kept"]
 
-    def add(self, reason: str) -> None:
+    def add(self, reason: str, detail: str | None = None) -> int:
+        """Counts one skipped record; returns how many of this reason so far."""
         with self._lock:
-            self.counts[reason] = self.counts.get(reason, 0) + 1
+            self.counts[reason] = n = self.counts.get(reason, 0) + 1
+            self.consecutive += 1
+            if detail is not None:
+                self.examples.setdefault(reason, detail)
+            return n
+
+    def keep(self) -> None:
+        with self._lock:
+            self.kept += 1
+            self.consecutive = 0
+
+    def merge(self, counts: dict[str, int]) -> None:
+        """Adds counts made elsewhere (another thread's or process's counter)."""
+        with self._lock:
+            for reason, n in counts.items():
+                self.counts[reason] = self.counts.get(reason, 0) + n
+
+    def take_new(self) -> dict[str, int]:
+        """The counts added since the previous call (what the next batch carries to the consumer)."""
+        with self._lock:
+            new = {k: n - self._reported.get(k, 0) for k, n in self.counts.items() if n > self._reported.get(k, 0)}
+            self._reported = dict(self.counts)
+            return new
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counts, safe to read while other threads count."""
+        with self._lock:
+            return dict(self.counts)
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.snapshot().values())
+
+    def check_starved(self) -> None:
+        """Raises DataStarvedError when the limits are exceeded (never without limits)."""
+        lim = self.limits
+        if lim is None:
+            return
+        with self._lock:
+            skipped = sum(self.counts.values())
+            seen = skipped + self.kept
+            if lim.max_consecutive and self.consecutive >= lim.max_consecutive:
+                why = f"the last {self.consecutive} records were all skipped"
+            elif seen >= max(lim.check_after, 1) and skipped > lim.max_fraction * seen:
+                why = f"{skipped} of {seen} records ({skipped / seen:.0%}) were skipped"
+            else:
+                return
+            reasons = "; ".join(f"{k} x{n}" + (f" (e.g. {self.examples[k]})" if k in self.examples else "")
+                                for k, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+        raise DataStarvedError(
+            f"training data starved: {why}. Reasons: {reasons}. Fix the data or its preprocessing (limits: "
+            f"config.data_max_consecutive_skips={lim.max_consecutive}, data_max_skip_fraction={lim.max_fraction}).")
+
+
+def skip(counter: SkipCounter, reason: str, detail: str | None = None) -> None:
+    """Counts a skipped record, logs it (the first few of a reason with `detail`, then every LOG_EVERY-th with
+    the count) and stops a starved pipeline."""
+    n = counter.add(reason, detail)
+    if (detail is not None and n <= LOG_FIRST) or n % LOG_EVERY == 0:
+        log.warning("skipping a record: %s%s (%d skipped for this reason so far%s)", reason,
+                    f": {detail}" if detail is not None else "", n,
+                    f"; showing every {LOG_EVERY}th from now" if n == LOG_FIRST else "", extra={"rate_limited": True})
+    counter.check_starved()
 
 
 class _CountUndecodable:
@@ -56,8 +146,8 @@ class _CountUndecodable:
 
     def __getitem__(self, index: int) -> Any:
         record = self.source[index]
-        if record is None:
-            self.counter.add("undecodable")
+        if record is None:  # grain drops None elements without calling the later transforms
+            skip(self.counter, "undecodable")
         return record
 
 
@@ -65,16 +155,45 @@ def _safe(fn: Preprocess, counter: SkipCounter) -> Callable[..., dict[str, np.nd
     def apply(record: Any, rng: np.random.Generator | None = None) -> dict[str, np.ndarray] | None:
         try:
             out = fn(record, rng)
-        except Exception as e:  # a bad record must not end a long run: skip it, count it, say why once
-            counter.add(type(e).__name__)
-            if counter.counts[type(e).__name__] <= 3:
-                log.warning("skipping a record: %s: %s", type(e).__name__, e)
+        except Exception as e:  # a bad record must not end a long run: skip it, count it, say why
+            skip(counter, type(e).__name__, f"{e}"[:300])
             return None
         if out is None:
-            counter.add("rejected")
+            skip(counter, "rejected")
+        else:
+            counter.keep()
         return out
 
     return apply
+
+
+class _AttachSkips:
+    """Puts the counts its process made since the previous batch into the batch (runs where batches are built)."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {**batch, SKIPS_KEY: self.counter.take_new()}
+
+
+class _CollectSkips:
+    """Moves a batch's carried counts into the consumer's counter (runs in the consuming process)."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        batch = dict(batch)
+        self.counter.merge(batch.pop(SKIPS_KEY))
+        return batch
+
+
+def _worker_logging(worker_index: int, worker_count: int) -> None:
+    """grain worker processes start without logging handlers: give them the commands' (rate-limited) logging."""
+    from mmjax.cli import setup_logging
+
+    setup_logging()
 
 
 def host_slice(ds: grain.MapDataset) -> grain.MapDataset:
@@ -91,19 +210,24 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int, seed: int,
-                  counter: SkipCounter, worker_count: int = 0) -> grain.IterDataset:
-    """Infinite, shuffled (new order every epoch), augmented and batched; its iterator state is checkpointable."""
-    ds = host_slice(grain.MapDataset.source(_CountUndecodable(source, counter))).seed(seed).shuffle().repeat()
-    ds = ds.random_map(_safe(preprocess, counter)).filter(lambda x: x is not None)
+                  counter: SkipCounter, worker_count: int = 0,
+                  limits: StarvationLimits | None = StarvationLimits()) -> grain.IterDataset:
+    """Infinite, shuffled (new order every epoch), augmented and batched; its iterator state is checkpointable.
+
+    `counter` receives the skip counts of the batches as they are consumed; `limits` stop a starved pipeline.
+    """
+    local = SkipCounter(limits)   # where the records are processed: copied into each worker process
+    ds = host_slice(grain.MapDataset.source(_CountUndecodable(source, local))).seed(seed).shuffle().repeat()
+    ds = ds.random_map(_safe(preprocess, local)).filter(lambda x: x is not None)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
-    it = it.batch(local_batch_size(global_batch_size), drop_remainder=True)
+    it = it.batch(local_batch_size(global_batch_size), drop_remainder=True).map(_AttachSkips(local))
     if worker_count > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; mmjax's CLI does not use absl
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return it
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count), worker_init_fn=_worker_logging)
+    return it.map(_CollectSkips(counter))
 
 
 def eval_batches(source: Any, preprocess: Preprocess, *, global_batch_size: int, counter: SkipCounter,

@@ -16,7 +16,8 @@ Question files are LLaVA's JSONL (or a JSON list): `{"question_id", "image": pat
 ground-truth fields above; `choices` records have `question` and `options`). Prompts get LLaVA's response-format
 suffix ("Answer the question using a single word or phrase." / "Answer with the option's letter from the given
 choices directly.") unless the text already ends with it. Records whose image is missing or undecodable are
-skipped, counted, and reported in scores.json.
+skipped, counted, and reported in scores.json. RUN may be relative; errors in the arguments, the run or the files
+are one `error:` line with exit status 2 (`--debug` for the traceback; see `mmjax.cli`).
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ from typing import Any
 
 import numpy as np
 
+from mmjax import cli
+
 BENCHMARKS = ("vqav2", "gqa", "pope", "mme", "choices", "shapes")
 log = logging.getLogger(__name__)
 
 
 def read_questions(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """JSONL (one record a line) or a JSON list."""
+    """JSONL (one record a line) or a JSON list; a malformed file is a DataError naming it."""
+    from mmjax.data.sources import DataError
     from mmjax.eval.vqa import read_jsonl
 
     text = Path(path).read_text(encoding="utf-8").lstrip()
-    return json.loads(text) if text.startswith("[") else read_jsonl(path)
+    try:
+        return json.loads(text) if text.startswith("[") else read_jsonl(path)
+    except ValueError as e:
+        raise DataError(f"question file {os.fspath(path)}: {e}") from e
 
 
 def _with_suffix(text: str, suffix: str) -> str:
@@ -76,7 +83,7 @@ def load_run(workdir: str, overrides: list[str] = ()) -> tuple[Any, Any]:
         config = ml_collections.ConfigDict(json.load(f))
     config = configlib.apply_overrides(config, list(overrides))
     if config.task != "llava":
-        raise ValueError(f"{config_path}: task is {config.task!r}, not 'llava'")
+        raise configlib.ConfigError(f"{config_path}: task is {config.task!r}, not 'llava'")
     return LlavaTask(config), load_params(workdir)
 
 
@@ -153,8 +160,6 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     if args.benchmark == "shapes" and not args.questions:
         records = _shapes_records(task, args.limit)
     else:
-        if not args.questions:
-            raise SystemExit(f"--benchmark {args.benchmark} needs --questions FILE")
         records = read_questions(args.questions)[: args.limit or None]
         kept = []
         for r in records:
@@ -170,36 +175,41 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     records = [{k: v for k, v in r.items() if k not in ("images", "prompt_conv")} | {"prediction": p,
                                                                                       "prompt": r["text"]}
                for r, p in zip(records, predictions)]
-    scores = score_and_write(args.benchmark, records, out, Path(args.workdir).name, args.annotations)
+    scores = score_and_write(args.benchmark, records, out, Path(os.path.abspath(args.workdir)).name, args.annotations)
     scores = {"benchmark": args.benchmark, "answered": len(records), "skipped": skipped, **scores}
     (out / "scores.json").write_text(json.dumps(scores, indent=2))
     return scores
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m mmjax.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m mmjax.eval", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training run directory (config.json + checkpoints/)")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--questions", help="question file (JSONL or JSON list); optional for shapes")
     p.add_argument("--images", help="folder the records' `image` paths are relative to")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--annotations", help="VQAv2 official annotation file, to score a val split")
-    p.add_argument("--batch-size", type=int, default=0, help="generation batch (default: the run's eval batch)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--limit", type=int, default=0, help="only the first N questions (0: all)")
+    p.add_argument("--batch-size", type=cli.int_at_least(0), default=0,
+                   help="generation batch (default: the run's eval batch)")
+    p.add_argument("--max-new-tokens", type=cli.int_at_least(1), default=16)
+    p.add_argument("--limit", type=cli.int_at_least(0), default=0, help="only the first N questions (0: all)")
     args, rest = p.parse_known_args(argv)
     bad = [x for x in rest if not x.startswith("--config.")]
     if bad:
         p.error(f"unrecognised arguments {bad} (config overrides look like --config.field=value)")
+    if args.benchmark != "shapes" and not args.questions:
+        p.error(f"--benchmark {args.benchmark} needs --questions FILE")
     return args, [x[len("--config."):] for x in rest]
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     scores = evaluate(args, overrides)
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, dict) or k == "skipped"}))
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    return cli.run_main(lambda: _evaluate(args, overrides), debug=args.debug)

@@ -1,25 +1,77 @@
 """Checkpoints with orbax: the train state, the grain iterator state and the config, saved asynchronously.
 
 A run's `workdir/checkpoints/<step>/` holds three items: `state` (params, optimizer state, step, RNG: orbax's
-tensorstore format, no pickle), `data` (the grain iterator position, JSON) and `config` (JSON). Restoring takes the
-newest step that restores cleanly: a corrupt latest checkpoint falls back to the previous one with a warning.
+tensorstore format, no pickle), `data` (the grain iterator position, JSON) and `config` (JSON). Every loader (resume,
+`load_params` for sampling, evaluation and stage-2 init) takes the newest step that restores cleanly
+(`restore_newest`): newer steps that fail while an older one restores are corrupt, and are moved aside to
+`checkpoints/corrupt/<step>-<time>` with a warning, so the run directory stays consistent for the next loader.
+When no step restores, nothing is moved (the cause may be the caller's, e.g. a changed model) and the error lists
+why each step failed. Paths may be relative: they are resolved here, where they are handed to orbax.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+CORRUPT_DIR = "corrupt"
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was required; the message names the directory."""
+    """No usable run directory or checkpoint where one was required; the message names the directory."""
+
+
+def checkpoint_steps(ckpt_dir: str) -> list[int]:
+    """The finished checkpoint steps in `ckpt_dir` (orbax's temporary and the quarantined ones excluded)."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def quarantine(ckpt_dir: str, step: int) -> str:
+    """Moves `ckpt_dir/<step>` to `ckpt_dir/corrupt/<step>-<time>` (kept for inspection, never loaded again)."""
+    target = os.path.join(ckpt_dir, CORRUPT_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(os.path.join(ckpt_dir, str(step)), target)
+    return target
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def restore_newest(ckpt_dir: str, steps: list[int], restore: Callable[[int], T]) -> tuple[T, int]:
+    """`(restore(step), step)` for the newest step that restores; the newer, failing steps are quarantined.
+
+    A CheckpointError from `restore` (e.g. the item asked for is not in the checkpoint) is the caller's problem,
+    not corruption: it propagates at once.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in reversed(steps):
+        try:
+            restored = restore(step)
+        except CheckpointError:
+            raise
+        except Exception as e:  # corrupt or partial files: say so and fall back to an older step
+            failed.append((step, _first_line(e)))
+            log.warning("checkpoint %s/%d cannot be restored (%s); trying an older one", ckpt_dir, step, failed[-1][1])
+            continue
+        for bad, _ in failed:
+            log.warning("checkpoint %s/%d moved aside to %s", ckpt_dir, bad, quarantine(ckpt_dir, bad))
+        return restored, step
+    reasons = "; ".join(f"step {s}: {why}" for s, why in failed)
+    raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({reasons})")
 
 
 class Checkpointer:
@@ -43,19 +95,19 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, data_iter: Any) -> tuple[Any, int] | None:
         """Restores the newest good checkpoint into `abstract_state`'s shardings; None when there is none."""
-        for step in reversed(self.steps()):
-            try:
-                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=grain.checkpoint.CheckpointRestore(data_iter))
-                restored = self.manager.restore(step, args=args)
-                return restored.state, step
-            except Exception as e:  # corrupt or partial files: say so and fall back to an older step
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                log.warning("checkpoint %s/%d cannot be restored (%s: %s); trying an older one",
-                            self.directory, step, type(e).__name__, first_line[:200])
-        if self.steps():
-            raise CheckpointError(f"no checkpoint in {self.directory} could be restored (steps {self.steps()})")
-        return None
+        steps = self.steps()
+        if not steps:
+            return None
+
+        def restore_step(step: int) -> Any:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=grain.checkpoint.CheckpointRestore(data_iter))
+            return self.manager.restore(step, args=args).state
+
+        try:
+            return restore_newest(self.directory, steps, restore_step)
+        finally:
+            self.manager.reload()  # quarantined steps are gone from disk
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -65,30 +117,31 @@ class Checkpointer:
         self.manager.close()
 
 
-def latest_state_dir(workdir: str) -> tuple[str, int]:
-    """The newest checkpoint step of a run and its `state` directory; clear error if the run has none."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
-    if not steps:
-        raise CheckpointError(f"no checkpoints under {ckpt_dir}")
-    return os.path.join(ckpt_dir, str(steps[-1]), "state"), steps[-1]
-
-
-def load_params(workdir: str, *, key: str = "params") -> Any:
-    """The parameters (or `ema_params`) of a run's newest checkpoint as host numpy arrays, for sampling/eval."""
-    state_dir, _ = latest_state_dir(workdir)
-    with ocp.StandardCheckpointer() as ckptr:
-        metadata = ckptr.metadata(state_dir)
-        tree = getattr(metadata, "item_metadata", metadata)
-        tree = getattr(tree, "tree", tree)
-        if tree is None:  # older orbax (0.12.4) keeps no item metadata here: restore everything as saved
-            restored = ckptr.restore(state_dir)
-        else:
-            if key not in tree or tree[key] is None:
-                raise CheckpointError(f"{state_dir} has no {key!r}")
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-            restored = ckptr.restore(state_dir, target)
+def _restore_item(ckptr: ocp.StandardCheckpointer, state_dir: str, key: str) -> Any:
+    metadata = ckptr.metadata(state_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    if tree is None:  # older orbax (0.12.4) keeps no item metadata here: restore everything as saved
+        restored = ckptr.restore(state_dir)
+    else:
+        if key not in tree or tree[key] is None:
+            raise CheckpointError(f"{state_dir} has no {key!r}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+        restored = ckptr.restore(state_dir, target)
     if key not in restored or restored[key] is None:
         raise CheckpointError(f"{state_dir} has no {key!r}")
     return restored[key]
+
+
+def load_params(workdir: str, *, key: str = "params") -> Any:
+    """The parameters (or `ema_params`, `model_state`) of a run's newest restorable checkpoint, for sampling,
+    evaluation and initialising a later stage; `workdir` may be relative."""
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = checkpoint_steps(ckpt_dir)
+    if not steps:
+        raise CheckpointError(f"no checkpoints under {ckpt_dir}")
+    with ocp.StandardCheckpointer() as ckptr:
+        tree, _ = restore_newest(ckpt_dir, steps,
+                                 lambda step: _restore_item(ckptr, os.path.join(ckpt_dir, str(step), "state"), key))
+    return tree

@@ -1,18 +1,25 @@
-"""Where a run's numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard events, a progress bar.
+"""Where a run's numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard events, progress.
 
-Only process 0 writes. The progress bar (steps, loss, examples/s, ETA) is shown only on a terminal, so logs of
-batch jobs stay clean.
+Only process 0 writes. Progress (step, loss, examples/s, ETA) is a tqdm bar on a terminal and a plain log line at
+every train record otherwise, so logs of batch jobs stay readable.
+
+A resumed run repeats the steps after its checkpoint, so on opening, `metrics.jsonl` drops what the resumed run
+will write again: the lines after the resumed step, and a final evaluation at it (a finished run re-run, or one
+extended by a larger `total_steps`, evaluates again). Every (step, split) pair therefore appears once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 from typing import Any
 
 import jax
+
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -23,14 +30,48 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def drop_lines_from(path: str, step: int) -> int:
+    """Removes the records a run resumed at `step` will write again (see the module docstring) and any line cut
+    short by a killed process; returns how many lines were removed."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("%s: dropping an unreadable line %r", path, line[:80])
+            continue
+        if record["step"] < step or (record["step"] == step and not record.get("final")):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, total_steps: int, *, initial_step: int = 0, tensorboard: bool = True):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.total_steps = total_steps
         self._tb = None
         self._bar = None
         if not self.active:
             return
+        dropped = drop_lines_from(self.path, initial_step)
+        if dropped:
+            log.info("metrics.jsonl: dropped %d record(s) that the run resumed at step %d writes again",
+                     dropped, initial_step)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -54,9 +95,22 @@ class MetricsWriter:
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
                     self._tb.add_scalar(f"{split}/{k}", v, step)
             self._tb.flush()
-        if self._bar is not None and split == "train":
-            self._bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "examples_per_sec") if k in record})
+        if split == "train":
+            self._progress(record)
         return record
+
+    def _progress(self, record: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "examples_per_sec") if k in record})
+            return
+        parts = [f"step {record['step']}/{self.total_steps}"]
+        if isinstance(record.get("loss"), float):
+            parts.append(f"loss {record['loss']:.4g}")
+        if record.get("examples_per_sec"):
+            parts.append(f"{record['examples_per_sec']:.1f} examples/s")
+        if record.get("steps_per_sec"):
+            parts.append(f"ETA {_duration((self.total_steps - record['step']) / record['steps_per_sec'])}")
+        log.info("%s", ", ".join(parts))
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:

@@ -5,8 +5,14 @@
 
 A step whose loss or gradient norm is not finite never updates the state (the update is replaced by the old
 state inside the step); with `config.nonfinite = "stop"` the run then stops with a clear error at the next host
-sync, before any checkpoint of that step, and with "skip" it just counts it. SIGTERM (a preempted VM) saves a
-checkpoint and returns; re-running with the same workdir resumes exactly, data iterator included.
+sync, before any checkpoint of that step, and with "skip" it counts it (`nonfinite_steps` in the train metrics).
+A final evaluation that is not finite is an error too (`NonFiniteEvalError`, after its record is written).
+
+SIGTERM (a preempted VM) saves a checkpoint and returns `{"preempted": True}`, also while the input pipeline is
+slow or stuck (`DataFeed` waits interruptibly); re-running with the same workdir resumes exactly, data iterator
+included. A workdir is checked before anything is written to it (`run_dir.prepare_workdir`). Skipped records are
+reported per reason (`skipped/<reason>`) in the train and eval records; a starved input stops the run
+(`pipeline.DataStarvedError`).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import optax
 
 from mmjax import configlib
 from mmjax.data import pipeline
-from mmjax.train import optim, sharding
+from mmjax.train import optim, run_dir, sharding
 from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.data_feed import DataFeed
 from mmjax.train.metrics_writer import MetricsWriter
 from mmjax.train.tasks import make_task
 from mmjax.train.tasks.base import EvalContext, Task
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a step produced a non-finite loss or gradient and the config says to stop."""
+
+
+class NonFiniteEvalError(FloatingPointError):
+    """Raised when the final evaluation of a run has a non-finite metric (the run's result is unusable)."""
 
 
 @flax.struct.dataclass
@@ -55,13 +66,17 @@ class Trainer:
     """Builds everything a run needs from the config; `run()` trains to `config.total_steps`."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
         sharding.maybe_initialize_distributed()
-        os.makedirs(workdir, exist_ok=True)
+        self.config = config
         self.task: Task = make_task(config)
+        configlib.check_choices(config)  # again: the task's module may have declared more choices on import
+        self.workdir = run_dir.prepare_workdir(workdir, config)
+        if config.optim.warmup_steps > config.total_steps:
+            log.warning("config.optim.warmup_steps=%d is longer than the run (total_steps=%d): the learning rate "
+                        "never reaches config.optim.lr", config.optim.warmup_steps, config.total_steps)
         self.mesh = sharding.make_mesh(config.mesh)
         self.rules = sharding.rules_from_config(config.sharding.rules)
-        self.counter = pipeline.SkipCounter()
+        self.counter = pipeline.SkipCounter()   # the training data's skips, carried here by the batches
         self._stop_requested = False
 
     # -- construction --------------------------------------------------------------------------------------------
@@ -129,94 +144,127 @@ class Trainer:
         return new_state, metrics
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def _check_finite(self, state: TrainState) -> None:
+    def _check_finite(self, state: TrainState) -> int:
+        """The number of non-finite steps so far; raises if there are any and the config says stop."""
         bad = int(jax.device_get(state.nonfinite_steps))
         if bad and self.config.nonfinite == "stop":
             raise NonFiniteLossError(
                 f"non-finite loss or gradient in {bad} step(s) before step {int(state.step)}; the state was not "
                 f"updated by them and is not checkpointed. Lower config.optim.lr or set config.nonfinite='skip'.")
+        return bad
 
-    def evaluate(self, state: TrainState, step: int, final: bool) -> dict[str, float]:
-        ctx = EvalContext(self.mesh, self.config.eval_batch_size or self.config.batch_size, self.counter,
+    def evaluate(self, state: TrainState, step: int, final: bool) -> dict[str, Any]:
+        """The task's evaluation plus the eval data's skip counts (`skipped/<reason>`)."""
+        counter = pipeline.SkipCounter()
+        ctx = EvalContext(self.mesh, self.config.eval_batch_size or self.config.batch_size, counter,
                           self.workdir, step, final)
         params = state.ema_params if state.ema_params is not None else state.params
         with self.activate():
-            return self.task.evaluate(params, state.model_state, ctx)
+            metrics = self.task.evaluate(params, state.model_state, ctx)
+        return {**metrics, **skip_metrics(counter)}
+
+    def _train_record(self, pending: list[dict], seconds: float, nonfinite_steps: int) -> dict[str, Any]:
+        """Means over the logged window (over its finite steps, when some were skipped as non-finite)."""
+        host = [jax.device_get(m) for m in pending]
+        finite = [m for m in host if np.isfinite(m["loss"])] or host
+        means = {k: float(np.mean([m[k] for m in finite])) for k in host[0]}
+        return {**means, "examples_per_sec": len(pending) * self.config.batch_size / seconds,
+                "steps_per_sec": len(pending) / seconds, "nonfinite_steps": nonfinite_steps,
+                **skip_metrics(self.counter)}
 
     def _on_sigterm(self, *_: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint and stopping")
         self._stop_requested = True
 
     def run(self) -> dict[str, Any]:
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         self.build()
         configlib.write_json(cfg, os.path.join(self.workdir, "config.json"))
+        limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,
+                                           cfg.data_skip_check_after)
         data = pipeline.train_dataset(self.task.source("train"), self.task.preprocess,
                                       global_batch_size=cfg.batch_size, seed=cfg.seed, counter=self.counter,
-                                      worker_count=cfg.data_workers)
-        data_iter = iter(data)
+                                      worker_count=cfg.data_workers, limits=limits)
+        feed = DataFeed(iter(data))
         ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), save_every=cfg.checkpoint_every,
                             keep=cfg.keep_checkpoints)
-        restored = ckpt.restore(self.abstract_state, data_iter)
-        if restored is None:
-            state, start = self._init(self._rng), 0
-            pretrained = self.task.pretrained_variables()
-            if pretrained:
-                state = insert_pretrained(state, pretrained)
-        else:
-            state, start = restored
-            log.info("resumed from %s at step %d", ckpt.directory, start)
-        writer = MetricsWriter(self.workdir, cfg.total_steps, initial_step=start)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        config_dict = configlib.to_dict(cfg)
-        pending: list[dict] = []
-        t0, step = time.perf_counter(), start
+        writer = None
         try:
+            restored = ckpt.restore(self.abstract_state, feed)
+            if restored is None:
+                state, start = self._init(self._rng), 0
+                pretrained = self.task.pretrained_variables()
+                if pretrained:
+                    state = insert_pretrained(state, pretrained)
+            else:
+                state, start = restored
+                log.info("resumed from %s at step %d", ckpt.directory, start)
+            writer = MetricsWriter(self.workdir, cfg.total_steps, initial_step=start)
+            config_dict = configlib.to_dict(cfg)
+            pending: list[dict] = []
+            t0, step = time.perf_counter(), start
             while step < cfg.total_steps and not self._stop_requested:
-                batch = sharding.global_batch(next(data_iter), self.mesh)
+                local = feed.next(should_stop=lambda: self._stop_requested)
+                if local is None:
+                    break
+                batch = sharding.global_batch(local, self.mesh)
                 with self.activate():
                     state, metrics = self._step(state, batch)
                 step += 1
                 pending.append(metrics)
                 writer.advance()
                 if step % cfg.log_every == 0 or step == cfg.total_steps:
-                    self._check_finite(state)
-                    means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
-                    dt = time.perf_counter() - t0
-                    means.update(examples_per_sec=len(pending) * cfg.batch_size / dt,
-                                 steps_per_sec=len(pending) / dt, skipped_records=self.counter.total)
-                    writer.write(step, "train", means)
+                    bad = self._check_finite(state)
+                    writer.write(step, "train", self._train_record(pending, time.perf_counter() - t0, bad))
                     pending, t0 = [], time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
                     writer.write(step, "eval", self.evaluate(state, step, final=False))
                 if step % cfg.checkpoint_every == 0:
                     self._check_finite(state)
-                    ckpt.save(step, state, data_iter, config_dict)
+                    ckpt.save(step, state, feed, config_dict)
             self._check_finite(state)
             if step not in ckpt.steps():
-                ckpt.save(step, state, data_iter, config_dict, force=True)
+                ckpt.save(step, state, feed, config_dict, force=True)
             if self._stop_requested:
                 ckpt.wait()
                 return {"step": step, "preempted": True}
             final = writer.write(step, "eval", self.evaluate(state, step, final=True), final=True)
+            not_finite = ", ".join(f"{k}={v}" for k, v in final.items() if v in ("nan", "inf", "-inf"))
+            if not_finite:
+                raise NonFiniteEvalError(f"the final evaluation at step {step} is not finite ({not_finite}); "
+                                         f"see {writer.path}")
             self.state = state
             return final
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            feed.close()
             ckpt.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
+
+
+def skip_metrics(counter: pipeline.SkipCounter) -> dict[str, int]:
+    """`skipped_records` and `skipped/<reason>` for a metrics record."""
+    counts = counter.snapshot()
+    return {"skipped_records": sum(counts.values()), **{f"skipped/{k}": n for k, n in sorted(counts.items())}}
 
 
 def _insert(tree: Any, loaded: Any, where: str) -> Any:
     if isinstance(loaded, dict):
         if not isinstance(tree, dict):
-            raise ValueError(f"pretrained weights: {where} is a leaf in the model, a subtree in the weights")
+            raise configlib.ConfigError(f"pretrained weights: {where} is a leaf in the model, a subtree in the weights")
         unknown = sorted(set(loaded) - set(tree))
         if unknown:
-            raise ValueError(f"pretrained weights: {where}/ has no {unknown}; model has {sorted(tree)}")
+            raise configlib.ConfigError(f"pretrained weights: {where}/ has no {unknown}; model has {sorted(tree)}")
         return {k: _insert(tree[k], loaded[k], f"{where}/{k}") if k in loaded else v for k, v in tree.items()}
     if tuple(np.shape(loaded)) != tuple(tree.shape):
-        raise ValueError(f"pretrained weights: {where} has shape {np.shape(loaded)}, the model {tree.shape}")
+        raise configlib.ConfigError(f"pretrained weights: {where} has shape {np.shape(loaded)}, the model {tree.shape}")
     return jax.device_put(np.asarray(loaded, dtype=tree.dtype), tree.sharding)
 
 

@@ -1,5 +1,7 @@
-"""End-to-end trainer behaviour on the digits ViT: exact resume after SIGKILL, SIGTERM, corrupt checkpoints,
-non-finite losses, and sharded (8 CPU devices) vs single-device equality."""
+"""End-to-end trainer behaviour on the digits ViT: exact resume after SIGKILL (and with a relative workdir, each
+metrics line once), SIGTERM, corrupt checkpoints, non-finite losses and evaluations, and sharded (8 CPU devices)
+vs single-device equality. The input-pipeline side (starved and stuck sources, skip counts) is in
+test_trainer_data.py."""
 
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax import configlib
+from mmjax import cli, configlib
 from mmjax.data import pipeline
 from mmjax.train import checkpoint
-from mmjax.train.trainer import NonFiniteLossError, Trainer
+from mmjax.train.trainer import NonFiniteEvalError, NonFiniteLossError, Trainer
 from tests.helpers import REPO, run, subprocess_env, train_cmd
 
 CONFIG = os.path.join(REPO, "configs/vit/digits.py")
@@ -71,7 +73,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == cli.EXIT_PREEMPTED == 75, out[-2000:]
     assert "preempted" in out
     steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=3).steps()
     assert steps and steps[-1] >= 10
@@ -94,10 +96,53 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         state, step = ckpt.restore(trainer.abstract_state, data_iter)
     assert step == 50 and int(state.step) == 50
     assert any("cannot be restored" in r.message for r in caplog.records)
+    assert ckpt.steps() == [50] and os.listdir(os.path.join(workdir, "checkpoints", "corrupt"))[0].startswith("100-")
     for step_dir in ("50",):
         shutil.rmtree(os.path.join(workdir, "checkpoints", step_dir, "state"))
     with pytest.raises(checkpoint.CheckpointError, match="could be restored"):
         ckpt.restore(trainer.abstract_state, data_iter)
+
+
+def test_relative_workdir_resume_after_a_lost_checkpoint_writes_each_metric_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = lambda: tiny_config(40, "checkpoint_every=20")
+    first = Trainer(config(), "run").run()
+    before = read_metrics("run")
+    shutil.rmtree("run/checkpoints/40")   # killed after logging step 40, before its checkpoint was written
+    resumed = Trainer(config(), "run").run()
+    after = read_metrics("run")
+    assert [(r["step"], r["split"]) for r in after] == [(10, "train"), (20, "train"), (30, "train"), (40, "train"),
+                                                        (40, "eval")]
+    assert [r["loss"] for r in after] == [r["loss"] for r in before]    # steps 21-40 redone exactly
+    assert resumed == first
+
+
+def test_nonfinite_skip_counts_steps_and_a_nonfinite_final_evaluation_is_an_error(tmp_path):
+    trainer = Trainer(tiny_config(20, "nonfinite=skip"), str(tmp_path / "run"))
+    original_loss, original_eval = trainer.task.loss_fn, trainer.task.evaluate
+
+    def poisoned(params, model_state, batch, rng):   # batches whose first label is 3 give a NaN loss
+        loss, aux = original_loss(params, model_state, batch, rng)
+        return jax.numpy.where(batch["label"][0] == 3, np.float32("nan"), loss), aux
+
+    trainer.task.loss_fn = poisoned
+    trainer.task.evaluate = lambda *a: {**original_eval(*a), "loss": float("nan")}
+    with pytest.raises(NonFiniteEvalError, match=r"final evaluation at step 20 is not finite \(loss=nan\)"):
+        trainer.run()
+    data = iter(pipeline.train_dataset(trainer.task.source("train"), trainer.task.preprocess, global_batch_size=16,
+                                       seed=0, counter=pipeline.SkipCounter()))
+    firsts = [int(next(data)["label"][0]) for _ in range(20)]
+    expected = [firsts[:10].count(3), firsts.count(3)]
+    records = read_metrics(str(tmp_path / "run"))
+    assert [r["nonfinite_steps"] for r in records if r["split"] == "train"] == expected and expected[1] > 0
+    assert all(np.isfinite(r["loss"]) for r in records if r["split"] == "train")  # means over the finite steps
+    assert records[-1]["final"] and records[-1]["loss"] == "nan"     # written, then refused
+
+
+def test_a_warmup_longer_than_the_run_is_warned(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="mmjax.train.trainer"):
+        Trainer(tiny_config(20, "optim.warmup_steps=50"), str(tmp_path))
+    assert any("warmup_steps=50 is longer than the run (total_steps=20)" in r.getMessage() for r in caplog.records)
 
 
 def test_nonfinite_loss_stops_without_checkpointing(tmp_path):
@@ -119,7 +164,7 @@ def test_nonfinite_loss_stops_without_checkpointing(tmp_path):
 PROBE = """
 import json, sys
 import jax
-from mmjax import configlib
+from mmjax import cli, configlib
 from mmjax.data import pipeline
 from mmjax.train.trainer import Trainer
 cfg = configlib.apply_overrides(configlib.load_config_file(sys.argv[1]), sys.argv[2:])

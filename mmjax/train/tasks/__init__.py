@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from mmjax.configlib import ConfigError
 from mmjax.train.tasks.base import Task, import_task
 
 REGISTRY = {
@@ -18,5 +19,5 @@ REGISTRY = {
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
     if config.task not in REGISTRY:
-        raise ValueError(f"config.task: unknown task {config.task!r}; known: {sorted(REGISTRY)}")
+        raise ConfigError(f"config.task: unknown task {config.task!r}; known: {sorted(REGISTRY)}")
     return import_task(REGISTRY[config.task])(config)
