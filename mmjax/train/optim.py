@@ -42,6 +42,12 @@ def _matches(path: str, patterns: Sequence[str]) -> bool:
     return any(re.search(p, path) for p in patterns)
 
 
+def frozen_mask(cfg: ml_collections.ConfigDict) -> Callable[[Any], Any]:
+    """params -> a tree of bools, True where `cfg.frozen` matches the parameter's path."""
+    frozen = tuple(cfg.get("frozen", ()))
+    return path_labels(lambda p: _matches(p, frozen))
+
+
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warmup to `lr`, then cosine / linear decay to `lr * end_lr_frac`, or constant."""
     lr, warmup = cfg.lr, int(cfg.warmup_steps)

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -63,18 +64,24 @@ class TrainState:
 
 
 class Trainer:
-    """Builds everything a run needs from the config; `run()` trains to `config.total_steps`."""
+    """Builds everything a run needs from the config; `run()` trains to `config.total_steps`.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    Without a `workdir` nothing is written: `build()` then gives the sharded, jit-compiled pieces that benchmarks
+    and pre-flight checks use (`init_state`, `train_step`, `synthetic_batch`, `lower_init`, `lower_step`).
+    `devices` (default: all) may be compile-only devices, e.g. a TPU topology's abstract chips.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                 devices: Sequence[jax.Device] | None = None):
         sharding.maybe_initialize_distributed()
         self.config = config
         self.task: Task = make_task(config)
         configlib.check_choices(config)  # again: the task's module may have declared more choices on import
-        self.workdir = run_dir.prepare_workdir(workdir, config)
+        self.workdir = None if workdir is None else run_dir.prepare_workdir(workdir, config)
         if config.optim.warmup_steps > config.total_steps:
             log.warning("config.optim.warmup_steps=%d is longer than the run (total_steps=%d): the learning rate "
                         "never reaches config.optim.lr", config.optim.warmup_steps, config.total_steps)
-        self.mesh = sharding.make_mesh(config.mesh)
+        self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.rules_from_config(config.sharding.rules)
         self.counter = pipeline.SkipCounter()   # the training data's skips, carried here by the batches
         self._stop_requested = False
@@ -93,25 +100,56 @@ class Trainer:
 
     def build(self) -> None:
         cfg = self.config
-        example = self.task.example_batch(cfg.batch_size)
-        self.batch_shardings = jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), example)
+        # One example row traces the model (parameter shapes do not depend on the batch size); the global batch
+        # exists only abstractly, so no host memory grows with the pod.
+        example = self.task.example_batch(1)
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        self.batch_spec = {k: jax.ShapeDtypeStruct((cfg.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype,
+                                                   sharding=batch_sharding) for k, v in example.items()}
+        self.batch_shardings = jax.tree.map(lambda _: batch_sharding, example)
+        self._rng = jax.random.PRNGKey(cfg.seed)  # outside the mesh: compile-only devices cannot hold it
+        rng_spec = jax.ShapeDtypeStruct(self._rng.shape, self._rng.dtype)
         with self.activate():
-            rng = jax.random.PRNGKey(cfg.seed)
             boxed_params = jax.eval_shape(lambda r: self.task.init(r, jax.tree.map(jnp.asarray, example)),
-                                          rng)["params"]
+                                          rng_spec)["params"]
             paths = [optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(boxed_params)[0]]
             self.tx, self.lr_schedule = optim.make_optimizer(cfg.optim, paths, cfg.total_steps)
+            self.frozen = optim.frozen_mask(cfg.optim)(sharding.strip_boxes(boxed_params))
             create = self._create_state_fn(self.tx, example)
-            abstract = jax.eval_shape(create, rng)
+            abstract = jax.eval_shape(create, rng_spec)
             self.state_shardings = sharding.logical_shardings(abstract, self.mesh, self.rules)
             self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                                sharding.strip_boxes(abstract), self.state_shardings)
             self._init = jax.jit(lambda r: sharding.strip_boxes(create(r)), out_shardings=self.state_shardings)
-            self._rng = rng
             metric_sharding = sharding.replicated(self.mesh)
             self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
                                  out_shardings=(self.state_shardings, metric_sharding), donate_argnums=0)
         self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sharding.strip_boxes(boxed_params)))
+
+    # -- the public pieces (benchmarks, pre-flight) ---------------------------------------------------------------
+    def init_state(self) -> TrainState:
+        """A freshly initialised state, born sharded (no pretrained weights inserted)."""
+        with self.activate():
+            return self._init(self._rng)
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        """One optimisation step (the state is donated)."""
+        with self.activate():
+            return self._step(state, batch)
+
+    def synthetic_batch(self, seed: int = 0) -> dict[str, jax.Array]:
+        """A global batch of realistic random content (`Task.synthetic_batch`), this host's rows made here."""
+        local = pipeline.local_batch_size(self.config.batch_size)
+        return sharding.global_batch(self.task.synthetic_batch(local, seed + jax.process_index()), self.mesh)
+
+    def lower_init(self) -> jax.stages.Lowered:
+        with self.activate():
+            return self._init.lower(jax.ShapeDtypeStruct(self._rng.shape, self._rng.dtype))
+
+    def lower_step(self) -> jax.stages.Lowered:
+        """The train step lowered for the abstract state and batch: `.compile().memory_analysis()` sizes it."""
+        with self.activate():
+            return self._step.lower(self.abstract_state, self.batch_spec)
 
     def activate(self):
         """The mesh and the logical rule table, active together for tracing."""
@@ -125,7 +163,10 @@ class Trainer:
     # -- the step -----------------------------------------------------------------------------------------------
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(self.task.loss_fn, has_aux=True)
+        # Frozen parameters (optim.frozen) get no gradient at all: their weight-gradient matmuls and the backward
+        # pass through a frozen tower are never built, and grad_norm covers what is trained.
+        stop = lambda params: jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
+        grad_fn = jax.value_and_grad(lambda p, *a: self.task.loss_fn(stop(p), *a), has_aux=True)
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -185,6 +226,8 @@ class Trainer:
 
     def _run(self) -> dict[str, Any]:
         cfg = self.config
+        if self.workdir is None:
+            raise ValueError("Trainer.run() needs a workdir: Trainer(config, workdir)")
         self.build()
         configlib.write_json(cfg, os.path.join(self.workdir, "config.json"))
         limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,

@@ -218,3 +218,28 @@ def test_pretrained_weights_are_inserted_with_their_sharding_and_checked(tmp_pat
         insert_pretrained(state, {"params": {"head": {"kernel": np.ones((3, 3))}}})
     with pytest.raises(ValueError, match="has no \\['hed'\\]"):
         insert_pretrained(state, {"params": {"hed": {}}})
+
+
+def test_frozen_parameters_get_no_gradient_work():
+    """Stage 1 of the tiny LLaVA trains the projector alone: the compiled step must not back-propagate through
+    the frozen tower and LM weights (fewer FLOPs), and the frozen weights must not move."""
+    from mmjax.train.trainer import Trainer
+
+    def build(frozen):
+        config = configlib.load_config_file("configs/llava/tiny.py:stage=1")
+        config = configlib.apply_overrides(config, [f"optim.frozen={frozen}", "batch_size=2"])
+        trainer = Trainer(config)
+        trainer.build()
+        return trainer
+
+    frozen, free = build("('^(?!projector/)',)"), build("()")
+    cost = lambda t: t.lower_step().compile().cost_analysis()["flops"]
+    assert cost(frozen) < 0.8 * cost(free)
+    state = frozen.init_state()
+    before = jax.device_get(state.params)
+    state, metrics = frozen.train_step(state, frozen.synthetic_batch())
+    after = jax.device_get(state.params)
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)
+    assert moved["projector"] and not any(jax.tree.leaves(moved["lm"])) and not any(
+        jax.tree.leaves(moved["vision_tower"]))
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0

@@ -8,6 +8,7 @@ nothing about models. A task supplies, from the config: the model and its init, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,9 +94,14 @@ class Task:
         """Sums over the batch's valid rows, including a `count`; `evaluate` divides by the total count."""
         raise NotImplementedError
 
+    @functools.cached_property
+    def jitted_eval_step(self) -> Callable[..., Metrics]:
+        """`eval_step` compiled once per task, not once per evaluation."""
+        return jax.jit(self.eval_step)
+
     def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
         """Default evaluator: `eval_step` over the `eval` split, averaged over valid examples."""
-        step = jax.jit(self.eval_step)
+        step = self.jitted_eval_step
         totals: dict[str, float] = {}
         for batch in ctx.batches(self.source("eval"), self.preprocess):
             for k, v in step(params, model_state, batch).items():

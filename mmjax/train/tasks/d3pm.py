@@ -263,7 +263,7 @@ class D3PMTask(Task):
         return np.asarray(jax.device_get(tokens)), labels
 
     def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
-        step = jax.jit(self.eval_step)
+        step = self.jitted_eval_step
         key = jax.random.PRNGKey(self.config.seed)
         totals: dict[str, float] = {}
         for r in range(self.config.eval.loss_repeats):

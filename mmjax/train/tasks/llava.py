@@ -216,7 +216,7 @@ class LlavaTask(Task):
         cfg = self.config.eval
         source = self.source("eval")
         limit = min(cfg.num_examples or len(source), len(source))
-        step = jax.jit(self.eval_step)
+        step = self.jitted_eval_step
         totals: dict[str, float] = {}
         for batch in ctx.batches(source, self.preprocess, limit=limit):
             for k, v in step(params, model_state, batch).items():

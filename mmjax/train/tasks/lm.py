@@ -89,7 +89,6 @@ class LMTask(Task):
         pad = self.tokenizer.pad_id
         self.pad_id = 0 if pad is None else pad
         self._documents: dict[str, Any] = {}
-        self._eval_step = None
         self._unigram: dict[str, float] | None = None
 
     def _special(self, wanted: bool, name: str) -> list[int]:
@@ -177,12 +176,10 @@ class LMTask(Task):
 
     def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
         """Token-weighted eval loss (nats/token), perplexity and accuracy, plus the unigram baseline."""
-        if self._eval_step is None:
-            self._eval_step = jax.jit(self.eval_step)
         groups = int(self.config.evaluation.groups) or None
         totals: dict[str, float] = {}
         for batch in ctx.batches(self.source("eval"), self.preprocess, limit=groups):
-            for k, v in self._eval_step(params, model_state, batch).items():
+            for k, v in self.jitted_eval_step(params, model_state, batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         tokens = totals.get("tokens", 0.0)
         if not tokens:
