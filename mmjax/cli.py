@@ -44,7 +44,11 @@ def exit_status(error: Exception) -> int | None:
 
 
 def run_main(main: Callable[[], int], *, debug: bool) -> int:
-    """`main()`'s status; a user error or failed run becomes one `error:` line and its status (see the module)."""
+    """`main()`'s status; a user error or failed run becomes one `error:` line and its status (see the module).
+    The accelerator's XLA flags (`mmjax.platform`) are set first, before any computation starts the backend."""
+    from mmjax import platform
+
+    platform.configure_xla_flags()
     try:
         return main()
     except Exception as e:

@@ -1,13 +1,15 @@
-"""Named performance workloads: train-step throughput with TFLOP/s and MFU, decode tokens/s, attention kernels.
+"""Named performance workloads, each timed against its PyTorch peer in the same command.
 
-    python scripts/benchmark.py matmul hbm vit_train lm_train lm_decode attention
-    python scripts/benchmark.py lm_decode --json results.json
+    python scripts/benchmark.py showo_256 lm_decode --peers --json results.json
+    python scripts/benchmark.py --list
+    python scripts/benchmark.py vit_l14_336 lm_decode --tiny          # CPU smoke run with tiny shapes
 
-MFU is stated against 989 TFLOP/s (H100 SXM dense bf16, the conventional reference) and against the bf16 matmul
-ceiling measured in the same process (`matmul`). FLOPs are analytic (matmuls + attention; 3x forward for a train
-step). Decode efficiency is the fraction of the measured HBM bandwidth (`hbm`) that the bytes a decode step must
-read (weights + KV cache) would need. Numbers are recorded in docs/benchmarks.md with device, command and date.
-Benchmarks are not tests: nothing here asserts a timing.
+Every workload is built from the project's configs and trainer step (mmjax/bench/); with `--peers` the PyTorch
+peer (scripts/peers/, torch + transformers, `torch.compile`, best attention) runs afterwards at the same shapes
+in a subprocess, and the ratio `mmjax / peer` (throughput) is printed. One FLOP formula (mmjax/bench/flops.py)
+serves both sides; MFU is stated against 989 TFLOP/s (H100/H200 dense bf16) and against the bf16 matmul ceiling
+measured at the start of the same run, and decoding against the HBM bandwidth measured there. GPU runs set the
+XLA flags of mmjax.platform (documented in docs/benchmarks.md). Benchmarks are not tests: nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -17,202 +19,102 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmjax import platform  # sets XLA flags before jax initialises
 
-H100_DENSE_BF16 = 989e12
-RESULTS: dict[str, dict[str, Any]] = {}
+platform.configure_xla_flags()
 
+import jax  # noqa: E402
 
-def timed(fn: Callable[[], Any], warmup: int = 2, iters: int = 10) -> float:
-    """Median seconds per call after warm-up, synchronising on the outputs."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from mmjax.bench import generation, training  # noqa: E402
+from mmjax.bench.measure import hbm_bandwidth, matmul_ceiling  # noqa: E402
+from mmjax.bench.peers import run_peer  # noqa: E402
 
+Workload = Callable[..., dict[str, Any]]
 
-def report(name: str, **values: Any) -> None:
-    RESULTS[name] = values
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-    print(f"{name}: {shown}", flush=True)
-
-
-def mfu(flops_per_sec: float) -> dict[str, float]:
-    out = {"tflops": flops_per_sec / 1e12, "mfu_989": flops_per_sec / H100_DENSE_BF16}
-    if "matmul" in RESULTS:
-        out["mfu_ceiling"] = flops_per_sec / (RESULTS["matmul"]["tflops"] * 1e12)
-    return out
+# name -> (function, keyword arguments at full size, keyword arguments for --tiny CPU smoke runs)
+WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
+    "showo_256": (training.showo, dict(res=256, stage=1), dict(res=256, stage=1, overrides=(
+        "model.preset=tiny-phi", "model.hidden_size=64", "model.num_heads=2", "model.mlp_dim=128",
+        "model.num_layers=2", "tokenizer.model.ch=8", "tokenizer.model.ch_mult=(1,1,1,1,1)")), ),
+    "showo_512": (training.showo, dict(res=512, stage=3), {}),
+    "llava_ov_0p5b": (training.llava_onevision, {}, dict(config="configs/llava/tiny.py", batch=2, seq=128)),
+    "llava15_7b": (training.llava15, {}, {}),
+    "vit_l14_336": (training.vit, {}, dict(variant="Ti/16", res=32, batch=4)),
+    "lm_decode": (generation.lm_decode, dict(batch=1), dict(batch=1, preset="tiny-phi", prompt=8, new=8)),
+    "lm_decode_b32": (generation.lm_decode, dict(batch=32), dict(batch=2, preset="tiny-phi", prompt=8, new=8)),
+    "t2i_256": (generation.t2i, dict(batch=32), {}),
+    "t2i_256_b1": (generation.t2i, dict(batch=1), {}),
+    "mmu_decode": (generation.mmu_decode, dict(batch=1), {}),
+}
 
 
-def bench_matmul(n: int = 8192) -> None:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-    f = jax.jit(lambda a, b: a @ b)
-    sec = timed(lambda: f(a, b), iters=20)
-    report("matmul", n=n, ms=sec * 1e3, tflops=2 * n**3 / sec / 1e12)
+def _ratio(name: str, mine: dict[str, Any], peer: dict[str, Any]) -> float | None:
+    """mmjax throughput / peer throughput, from per-call times of the same work."""
+    if "error" in peer or not peer.get("ms") or not mine.get("ms"):
+        return None
+    return peer["ms"] / mine["ms"]
 
 
-def bench_hbm(gib: float = 1.0) -> None:
-    x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
-    f = jax.jit(lambda x: x * 1.0001)
-    sec = timed(lambda: f(x), iters=20)
-    report("hbm", gib=gib, ms=sec * 1e3, tb_per_s=2 * x.nbytes / sec / 1e12)
-
-
-def train_step_fn(apply: Callable, loss: Callable, tx: optax.GradientTransformation) -> Callable:
-    def step(params, opt_state, batch):
-        grads = jax.grad(lambda p: loss(apply(p, batch), batch))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def bench_vit_train(variant: str = "B/16", batch: int = 256, res: int = 224) -> None:
-    from mmjax.models.vit import ViT, decode_variant
-
-    model = ViT(variant=variant, num_classes=1000, pool_type="gap", dtype=jnp.bfloat16, scan=True)
-    images = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.bfloat16)
-    labels = jax.random.randint(jax.random.key(1), (batch,), 0, 1000)
-    params = jax.jit(lambda: nn_unbox(model.init(jax.random.key(0), images[:1]))["params"])()
-    tx = optax.adamw(1e-4)
-    opt_state = tx.init(params)
-    step = train_step_fn(lambda p, b: model.apply({"params": p}, b[0])[0],
-                         lambda logits, b: optax.softmax_cross_entropy_with_integer_labels(logits, b[1]).mean(), tx)
-    state = [params, opt_state]
-
-    def run():
-        state[0], state[1] = step(state[0], state[1], (images, labels))
-        return state[0]
-
-    sec = timed(run)
-    d = decode_variant(variant)
-    tokens = (res // d["patch_size"][0]) ** 2
-    width, depth, mlp = d["width"], d["depth"], d["mlp_dim"]
-    per_token = 2 * depth * (4 * width * width + 2 * width * mlp) + 2 * 3 * d["patch_size"][0] ** 2 * width
-    attn = 2 * 2 * depth * tokens * tokens * width
-    flops = 3 * batch * (tokens * per_token + attn)
-    report(f"vit_train[{variant},b={batch},{res}px,bf16]", ms=sec * 1e3, images_per_s=batch / sec,
-           **mfu(flops / sec))
-
-
-def nn_unbox(tree: Any) -> Any:
-    import flax.linen as nn
-
-    return nn.unbox(tree)
-
-
-def lm_flops_per_token(cfg: Any, seq: int) -> float:
-    """Forward FLOPs per token: 2 * (matmul params) + attention scores/values (causal halves them)."""
-    d, hd = cfg.hidden_size, cfg.dim_per_head
-    q = cfg.num_heads * hd
-    kv = cfg.kv_heads * hd
-    mlp_mats = 3 if cfg.act == "swiglu" else 2
-    per_layer = 2 * (d * q + 2 * d * kv + q * d + mlp_mats * d * cfg.mlp_dim)
-    attn = 2 * 2 * seq * q / 2
-    return cfg.num_layers * (per_layer + attn) + 2 * d * cfg.vocab_size
-
-
-def bench_lm_train(preset: str = "phi-1.5", batch: int = 8, seq: int = 2048,
-                   remat: str = "dots_with_no_batch_dims") -> None:
-    from mmjax.models.lm import LM, get_config
-
-    cfg = get_config(preset, dtype="bfloat16", scan_layers=True, remat_policy=remat)
-    model = LM(cfg)
-    ids = jax.random.randint(jax.random.key(0), (batch, seq), 0, cfg.vocab_size)
-    params = jax.jit(lambda: nn_unbox(model.init(jax.random.key(0), ids[:1, :8]))["params"])()
-    tx = optax.adamw(1e-4)
-    opt_state = tx.init(params)
-
-    def loss(logits, b):
-        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b[:, 1:]).mean()
-
-    step = train_step_fn(lambda p, b: model.apply({"params": p}, b), loss, tx)
-    state = [params, opt_state]
-
-    def run():
-        state[0], state[1] = step(state[0], state[1], ids)
-        return state[0]
-
-    sec = timed(run, iters=5)
-    flops = 3 * batch * seq * lm_flops_per_token(cfg, seq)
-    report(f"lm_train[{preset},b={batch},T={seq},bf16,remat={remat}]", ms=sec * 1e3,
-           tokens_per_s=batch * seq / sec, **mfu(flops / sec))
-
-
-def bench_lm_decode(preset: str = "phi-1.5", batches: tuple[int, ...] = (1, 32), prompt: int = 128,
-                    new: int = 256) -> None:
-    from mmjax.models.generate import generate
-    from mmjax.models.lm import LM, get_config
-
-    cfg = get_config(preset, dtype="bfloat16", param_dtype="bfloat16", scan_layers=True)
-    model = LM(cfg)
-    params = jax.jit(lambda: nn_unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"])()
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    for batch in batches:
-        ids = jax.random.randint(jax.random.key(batch), (batch, prompt), 0, cfg.vocab_size)
-        def gen(n: int, ids: jax.Array = ids) -> jax.Array:
-            return generate(model, params, ids, max_new_tokens=n).tokens
-
-        # Decode time = (prefill + n tokens) - (prefill + 1 token): isolates the per-token loop.
-        full, one = timed(lambda: gen(new), iters=3), timed(lambda: gen(1), iters=3)
-        per_token = (full - one) / (new - 1)
-        kv_bytes = 2 * cfg.num_layers * batch * (prompt + new / 2) * cfg.kv_heads * cfg.dim_per_head * 2
-        achieved = (param_bytes + kv_bytes) / per_token
-        out = dict(ms_per_step=per_token * 1e3, tokens_per_s=batch / per_token, prefill_ms=one * 1e3,
-                   bytes_per_step_gb=(param_bytes + kv_bytes) / 1e9, achieved_tb_per_s=achieved / 1e12)
-        if "hbm" in RESULTS:
-            out["hbm_fraction"] = achieved / (RESULTS["hbm"]["tb_per_s"] * 1e12)
-        report(f"lm_decode[{preset},b={batch},prompt={prompt},new={new},bf16]", **out)
-
-
-def bench_attention(batch: int = 4, seq: int = 4096, heads: int = 8, head_dim: int = 128) -> None:
-    """Show-o omni-attention (causal text + full image block) fwd+bwd: fused cuDNN vs XLA."""
-    from mmjax.nn.attention import attention_op
-
-    keys = jax.random.split(jax.random.key(0), 3)
-    q, k, v = (jax.random.normal(kk, (batch, seq, heads, head_dim), jnp.bfloat16) for kk in keys)
-    text = seq // 4
-    idx = jnp.arange(seq)
-    image = (idx >= text)[:, None] & (idx >= text)[None, :]
-    mask = ((idx[:, None] >= idx[None, :]) | image)[None, None]
-    flops = 3 * 4 * batch * heads * seq * seq * head_dim * float(mask.mean())
-    for backend in ("xla", "cudnn"):
-        loss = lambda q, k, v, b=backend: attention_op(q, k, v, mask=mask, is_causal=False, backend=b
-                                                       ).astype(jnp.float32).sum()
-        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-        try:
-            sec = timed(lambda f=f: f(q, k, v))
-        except Exception as e:  # cuDNN missing or refusing the shape: say so, keep going
-            report(f"attention_omni[{backend}]", error=f"{type(e).__name__}: {str(e)[:120]}")
-            continue
-        report(f"attention_omni[{backend},B={batch},T={seq},H={heads},d={head_dim},fwd+bwd]", ms=sec * 1e3,
-               tflops_effective=flops / sec / 1e12)
-
-
-WORKLOADS = {"matmul": bench_matmul, "hbm": bench_hbm, "vit_train": bench_vit_train, "lm_train": bench_lm_train,
-             "lm_decode": bench_lm_decode, "attention": bench_attention}
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workloads", nargs="+", choices=sorted(WORKLOADS))
-    parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args()
-    print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
+    parser.add_argument("workloads", nargs="*", help="workload names (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--peers", action="store_true", help="also run each workload's PyTorch peer")
+    parser.add_argument("--peer_compile", type=int, choices=(0, 1), default=1, help="torch.compile the peers")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device (smoke test)")
+    parser.add_argument("--iters", type=int, default=10, help="timed repetitions per workload")
+    parser.add_argument("--json", help="write every result to this file")
+    args = parser.parse_args(argv)
+    if args.list or not args.workloads:
+        for name, (fn, _, tiny) in WORKLOADS.items():
+            print(f"{name:16s} {fn.__module__}.{fn.__name__}{'' if tiny else '  (no --tiny variant)'}")
+        return 0
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; known: {sorted(WORKLOADS)}")
+    info = {"devices": [d.device_kind for d in jax.devices()], "jax": jax.__version__,
+            "date": time.strftime("%Y-%m-%d"), "xla_flags": platform.xla_flags()}
+    print(json.dumps(info), flush=True)
+    results: dict[str, Any] = {"info": info}
+    on_gpu = jax.default_backend() == "gpu"
+    ceiling = matmul_ceiling() if on_gpu else None
+    hbm = hbm_bandwidth() if on_gpu else None
+    results["ceilings"] = {"matmul_tflops": ceiling and ceiling / 1e12, "hbm_tb_s": hbm and hbm / 1e12}
+    print(f"ceilings: {results['ceilings']}", flush=True)
     for name in args.workloads:
-        WORKLOADS[name]()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"devices": [str(d) for d in jax.devices()], "jax": jax.__version__, **RESULTS}, f, indent=2)
+        fn, full, tiny = WORKLOADS[name]
+        if args.tiny and not tiny:
+            print(f"{name}: no --tiny variant, skipped", flush=True)
+            continue
+        kwargs = dict(tiny if args.tiny else full)
+        if "ceiling" in fn.__code__.co_varnames:
+            kwargs["ceiling"] = ceiling
+        if "hbm" in fn.__code__.co_varnames:
+            kwargs["hbm"] = hbm
+        if "iters" in fn.__code__.co_varnames:
+            kwargs["iters"] = args.iters
+        start = time.time()
+        try:
+            out = fn(**kwargs)
+        except Exception as e:  # one failing workload must not lose the others' numbers
+            out = {"result": {"error": f"{type(e).__name__}: {str(e)[:300]}"}}
+        record = {"mmjax": out["result"], "seconds": time.time() - start}
+        print(f"{name}: {json.dumps(out['result'])}", flush=True)
+        if args.peers and "peer" in out and "error" not in out["result"]:
+            workload, spec = out["peer"]
+            peer = run_peer(workload, spec, device="cuda" if on_gpu else "cpu", compile=bool(args.peer_compile),
+                            iters=args.iters)
+            record["peer"] = peer
+            record["ratio"] = _ratio(name, out["result"], peer)
+            shown = {k: peer.get(k) for k in ("ms", "peak_mem_gib", "compiled", "attention", "error") if k in peer}
+            print(f"{name} peer {workload}: {json.dumps(shown)}  mmjax/peer = {record['ratio']}", flush=True)
+        results[name] = record
+        if args.json:  # written after every workload: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 
