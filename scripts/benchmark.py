@@ -3,6 +3,7 @@
     python scripts/benchmark.py showo_256 lm_decode --peers --json results.json
     python scripts/benchmark.py --list
     python scripts/benchmark.py vit_l14_336 lm_decode --tiny          # CPU smoke run with tiny shapes
+    python scripts/benchmark.py showo_256 llava_ov_0p5b --devices 1,2,4  # weak scaling on one host's GPUs
 
 Every workload is built from the project's configs and trainer step (mmjax/bench/); with `--peers` the PyTorch
 peer (scripts/peers/, torch + transformers, `torch.compile`, best attention) runs afterwards at the same shapes
@@ -29,7 +30,7 @@ platform.configure_xla_flags()
 
 import jax  # noqa: E402
 
-from mmjax.bench import generation, training  # noqa: E402
+from mmjax.bench import generation, scaling, training  # noqa: E402
 from mmjax.bench.measure import hbm_bandwidth, matmul_ceiling  # noqa: E402
 from mmjax.bench.peers import run_peer  # noqa: E402
 
@@ -51,6 +52,30 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "mmu_decode": (generation.mmu_decode, dict(batch=1), {}),
 }
 
+# --devices: (config, overrides, per-device batch) of the workloads whose multi-device scaling is measured
+SCALING: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "showo_256": ("configs/showo/pretrain.py:stage=1,res=256,devices=1", ("tokenizer.pretokenize=True",), 1),
+    "llava_ov_0p5b": ("configs/llava/onevision.py:size=0.5b,stage=2", training.ONEVISION_OVERRIDES, 4),
+    "llava15_7b": ("configs/llava/llava15.py:stage=2,size=7b", training.LLAVA15_OVERRIDES, 8),
+}
+
+
+def run_scaling(names: list[str], counts: list[int], iters: int) -> dict[str, Any]:
+    """Weak scaling over `counts` devices, the FSDP-vs-one-device loss check and a restore onto half the mesh."""
+    import tempfile
+
+    out = {}
+    for name in names:
+        spec, overrides, per_device = SCALING[name]
+        rows = scaling.weak_scaling(spec, overrides, per_device, counts, iters)
+        n = max(counts)
+        check = scaling.equivalence(spec, overrides, n, steps=3, per_device_batch=per_device)
+        with tempfile.TemporaryDirectory() as tmp:
+            moved = scaling.restore_across_meshes(spec, overrides, n, max(1, n // 2), tmp, per_device)
+        out[name] = {"weak_scaling": rows, "equivalence": check, "restore": moved}
+        print(f"{name} scaling: {json.dumps(out[name])}", flush=True)
+    return out
+
 
 def _ratio(name: str, mine: dict[str, Any], peer: dict[str, Any]) -> float | None:
     """mmjax throughput / peer throughput, from per-call times of the same work."""
@@ -67,8 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer_compile", type=int, choices=(0, 1), default=1, help="torch.compile the peers")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device (smoke test)")
     parser.add_argument("--iters", type=int, default=10, help="timed repetitions per workload")
+    parser.add_argument("--devices", help="comma-separated device counts for weak scaling (e.g. 1,2,4)")
     parser.add_argument("--json", help="write every result to this file")
     args = parser.parse_args(argv)
+    if args.devices:
+        counts = [int(c) for c in args.devices.split(",")]
+        unknown = [w for w in args.workloads if w not in SCALING]
+        if unknown or max(counts) > jax.device_count():
+            parser.error(f"--devices: workloads {sorted(SCALING)} on at most {jax.device_count()} devices")
+        results = run_scaling(args.workloads, counts, args.iters)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        return 0
     if args.list or not args.workloads:
         for name, (fn, _, tiny) in WORKLOADS.items():
             print(f"{name:16s} {fn.__module__}.{fn.__name__}{'' if tiny else '  (no --tiny variant)'}")

@@ -16,6 +16,11 @@ from mmjax.bench import flops
 from mmjax.bench.generation import lm_stack
 from mmjax.bench.measure import peak_memory_gib, timed, utilisation
 
+# Synthetic text needs no tokenizer file: byte-level ids (the model's vocabulary is unchanged).
+ONEVISION_OVERRIDES = ("text.tokenizer=byte", "text.tokenizer_path=", "optim.frozen=('^vision_tower/',)",
+                       "optim.lr_mult={}")
+LLAVA15_OVERRIDES = ("text.tokenizer=byte", "text.tokenizer_path=", "model.lm.param_dtype=bfloat16")
+
 
 def build(config_spec: str, overrides: list[str]) -> Any:
     from mmjax.train.trainer import Trainer
@@ -74,9 +79,7 @@ def llava_onevision(*, config: str = "configs/llava/onevision.py:size=0.5b,stage
                     overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """LLaVA-OneVision-0.5B, one 768 px AnyRes image per sample, SigLIP frozen, projector + Qwen2 trained.
     Text is tokenized byte-level (the Qwen2 tokenizer file is not needed for timing; the vocabulary stays)."""
-    trainer = build(config, [
-        f"batch_size={batch}", f"text.max_len={seq}", "text.tokenizer=byte", "text.tokenizer_path=",
-        "optim.frozen=('^vision_tower/',)", "optim.lr_mult={}", *overrides])
+    trainer = build(config, [f"batch_size={batch}", f"text.max_len={seq}", *ONEVISION_OVERRIDES, *overrides])
     cfg = trainer.task.model_cfg
     sec, metrics = time_steps(trainer, iters)
     from mmjax.models.vit import ViT
@@ -118,9 +121,8 @@ def llava15(*, size: str = "7b", batch: int = 8, ceiling: float | None = None, i
     """LLaVA-1.5 stage 2 (CLIP-L/336 frozen, projector + Vicuna trained, FSDP rules as for a pod) on the devices
     at hand. On one 141 GB GPU the 7B model's float32 parameters, gradients and Adam state (112 GB) leave no room
     for activations, so the LM keeps bf16 parameters here (`model.lm.param_dtype`); batch as given."""
-    trainer = build(f"configs/llava/llava15.py:stage=2,size={size}", [
-        f"batch_size={batch}", "text.tokenizer=byte", "text.tokenizer_path=", "model.lm.param_dtype=bfloat16",
-        *overrides])
+    trainer = build(f"configs/llava/llava15.py:stage=2,size={size}",
+                    [f"batch_size={batch}", *LLAVA15_OVERRIDES, *overrides])
     cfg = trainer.task.model_cfg
     sec, metrics = time_steps(trainer, iters)
     seq = trainer.config.text.max_len
