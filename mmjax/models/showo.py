@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from mmjax.diffusion import maskgit
 from mmjax.models import showo_layout as layout
+from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.generate import GenerateOutput, generate
 from mmjax.models.lm import LM, LMConfig, get_config
 from mmjax.models.showo_layout import ShowoVocab
@@ -250,14 +251,14 @@ def clip_features(vision_tower: nn.Module, variables: Any, pixels: Array) -> Arr
 def mmu_vit_prompt(model: Showo, params: Any, features: Array, system_ids: tuple[int, ...], question_ids: Array,
                    question_len: Array) -> tuple[Array, Array, Array, Array]:
     """(ids, valid, embeds, prefill mask) of Show-o-with-CLIP's prompt `<|mmu|> system <|soi|> feats <|eoi|>
-    question`, left-padded (see `showo_layout.mmu_vit_prompt_layout`).
+    question`, left-padded (see `showo_vit_layout.mmu_vit_prompt_layout`).
 
     features (B, F, clip_hidden) are the frozen CLIP tower's (`clip_features`). Only the feature columns are
     visible to every row (`masks.showo_mmu_vit_mask`, the reference's `create_attention_mask_for_mmu_vit`);
     pads are hidden; everything else is causal.
     """
     vocab = model.vocab
-    ids, slots = layout.mmu_vit_prompt_layout(system_ids, features.shape[1], question_ids, question_len, vocab)
+    ids, slots = vit_layout.mmu_vit_prompt_layout(system_ids, features.shape[1], question_ids, question_len, vocab)
     embeds = model.apply({"params": nn.unbox(params)}, ids, features, slots, method=Showo.embed_with_features)
     prefill = masks.showo_mmu_vit_mask(ids, soi_id=vocab.soi_id, eoi_id=vocab.eoi_id, pad_id=vocab.pad_id)
     return ids, ids != vocab.pad_id, embeds, prefill
@@ -271,7 +272,7 @@ def mmu_vit_generate(model: Showo, params: Any, features: Array, system_ids: tup
                      temperature: float = 0.0, rng: Array | None = None) -> GenerateOutput:
     """Answers (B, max_new_tokens) of the CLIP-ViT variant with the KV cache: the prompt's embeddings (features
     spliced in) and its mask go into the prefill, then decoding is causal. question_ids hold the tokens of
-    `showo_layout.mmu_vit_question_text(q)`. Greedy by default; stops at eos."""
+    `showo_vit_layout.mmu_vit_question_text(q)`. Greedy by default; stops at eos."""
     vocab = model.vocab
     ids, valid, embeds, prefill = _mmu_vit_prompt(model, params, features, tuple(system_ids), question_ids,
                                                   question_len)

@@ -9,7 +9,6 @@ Layouts (S = max text length, N = image tokens; see showo.md):
   T2I    [PAD]*k <|t2i|> <bos> text <eos> <|soi|> img*N <|eoi|>     text part left-padded to S+1, soi at S+1
   MMU    <|mmu|> <|soi|> img*N <|eoi|> <bos> text <eos> [PAD]...     text part right-padded to S
   LM     <bos> text <eos> [PAD]...                                   right-padded to L
-  MMU (CLIP-ViT variant) <|mmu|> system <|soi|> F features <|eoi|> text [PAD]...   text part right-padded
 With S=128, N=256 all three rows are L = S + N + 3 = 387, so they stack into one batch.
 
 Text arrives tokenized, as a padded (B, Lt) array plus (B,) lengths (tokens without bos/eos). Every builder
@@ -129,11 +128,11 @@ class ShowoVocab:
 
 
 def _const(b: int, value: int) -> tuple[Array, Array]:
-    """A one-token segment (every row holds `value`) for `_pack`."""
+    """A one-token segment (every row holds `value`) for `pack_segments`."""
     return jnp.full((b, 1), value, jnp.int32), jnp.ones((b,), jnp.int32)
 
 
-def _pack(segments: Sequence[tuple[Array, Array]], total: int, fill: int, *, right_align: bool) -> Array:
+def pack_segments(segments: Sequence[tuple[Array, Array]], total: int, fill: int, *, right_align: bool) -> Array:
     """Concatenates the valid prefix of each segment per row, then pads to `total` with `fill`.
 
     segments: (values (B, Ls), lengths (B,)). Rows are left-aligned (right-padded) or
@@ -182,8 +181,8 @@ def t2i_layout(text_ids: Array, text_len: Array, image_ids: Array, vocab: ShowoV
     n = jnp.minimum(jnp.asarray(text_len, jnp.int32), s - 2)
     if drop is not None:
         n = jnp.where(drop, 0, n)
-    prefix = _pack([_const(b, vocab.t2i_id), _const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)],
-                   s + 1, vocab.pad_id, right_align=True)
+    segments = [_const(b, vocab.t2i_id), _const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)]
+    prefix = pack_segments(segments, s + 1, vocab.pad_id, right_align=True)
     prefix_labels = jnp.where(prefix == vocab.pad_id, vocab.ignore_id, prefix)
     image_ids = jnp.asarray(image_ids, jnp.int32)
     if image_mask is None:
@@ -225,7 +224,7 @@ def mmu_layout(image_ids: Array, text_ids: Array, text_len: Array, vocab: ShowoV
     b = text_ids.shape[0]
     n = jnp.minimum(jnp.asarray(text_len, jnp.int32), max_text_len - 2)
     segments = [_const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)]
-    text = _pack(segments, max_text_len, vocab.pad_id, right_align=False)
+    text = pack_segments(segments, max_text_len, vocab.pad_id, right_align=False)
     prefix = _image_prefix(image_ids, vocab)
     labels = jnp.concatenate([jnp.full_like(prefix, vocab.ignore_id),
                               jnp.where(text == vocab.pad_id, vocab.ignore_id, text)], axis=1)
@@ -243,8 +242,8 @@ def mmu_instruct_layout(image_ids: Array, conv_ids: Array, conv_is_target: Array
     """
     n = jnp.minimum(jnp.asarray(conv_len, jnp.int32), max_text_len)
     conv_labels = jnp.where(conv_is_target, conv_ids, vocab.ignore_id)
-    text = _pack([(conv_ids, n)], max_text_len, vocab.pad_id, right_align=False)
-    text_labels = _pack([(conv_labels, n)], max_text_len, vocab.ignore_id, right_align=False)
+    text = pack_segments([(conv_ids, n)], max_text_len, vocab.pad_id, right_align=False)
+    text_labels = pack_segments([(conv_labels, n)], max_text_len, vocab.ignore_id, right_align=False)
     prefix = _image_prefix(image_ids, vocab)
     labels = jnp.concatenate([jnp.full_like(prefix, vocab.ignore_id), text_labels], axis=1)
     return jnp.concatenate([prefix, text], axis=1), labels
@@ -268,58 +267,7 @@ def mmu_prompt_layout(image_ids: Array, question_ids: Array, question_len: Array
     prefix = _image_prefix(image_ids, vocab)
     full = jnp.full((b,), prefix.shape[1], jnp.int32)
     segments = [(prefix, full), _const(b, vocab.bos_id), (question_ids, jnp.asarray(question_len, jnp.int32))]
-    return _pack(segments, total, vocab.pad_id, right_align=True)
-
-
-def _vit_prefix(system_ids: Array, num_features: int, vocab: ShowoVocab, batch: int) -> Array:
-    """`<|mmu|> system <|soi|> [slot]*F <|eoi|>`, the CLIP-ViT variant's MMU prefix; slots hold `mask_id` until
-    `splice_features` replaces their embeddings (any id would do: none of them is ever looked at)."""
-    tok = lambda i, n=1: jnp.full((batch, n), i, jnp.int32)
-    system = jnp.broadcast_to(jnp.asarray(system_ids, jnp.int32).reshape(1, -1), (batch, len(system_ids)))
-    return jnp.concatenate([tok(vocab.mmu_id), system, tok(vocab.soi_id), tok(vocab.mask_id, num_features),
-                            tok(vocab.eoi_id)], axis=1)
-
-
-def mmu_vit_layout(conv_ids: Array, conv_is_target: Array, conv_len: Array, system_ids: Sequence[int],
-                   num_features: int, vocab: ShowoVocab, text_len: int) -> tuple[Array, Array, Array]:
-    """Show-o-with-CLIP-ViT training rows `<|mmu|> system <|soi|> feats <|eoi|> conv [PAD]...` (reference:
-    `train_w_clip_vit.py`), of length 1 + len(system) + F + 2 + text_len; returns (ids, labels, slots).
-
-    `system_ids` is the tokenized system prompt, the same for every row (empty in stage 1, Show-o's 28-token
-    "A chat between a curious user ..." in stage 2); `slots` (B, T) marks the F feature positions. The
-    conversation is right-padded to `text_len` and cut there (no eos added); labels are `conv_ids` where
-    `conv_is_target`, -100 elsewhere (system, features, delimiters, pads), as the reference.
-    """
-    b = conv_ids.shape[0]
-    n = jnp.minimum(jnp.asarray(conv_len, jnp.int32), text_len)
-    conv_labels = jnp.where(conv_is_target, conv_ids, vocab.ignore_id)
-    text = _pack([(conv_ids, n)], text_len, vocab.pad_id, right_align=False)
-    text_labels = _pack([(conv_labels, n)], text_len, vocab.ignore_id, right_align=False)
-    prefix = _vit_prefix(system_ids, num_features, vocab, b)
-    start = 2 + len(system_ids)
-    slots = jnp.zeros((b, prefix.shape[1] + text_len), bool).at[:, start:start + num_features].set(True)
-    labels = jnp.concatenate([jnp.full_like(prefix, vocab.ignore_id), text_labels], axis=1)
-    return jnp.concatenate([prefix, text], axis=1), labels, slots
-
-
-def mmu_vit_question_text(question: str) -> str:
-    """What Show-o-with-CLIP-ViT tokenizes after `<|eoi|>` at inference: the phi1.5 template's prompt
-    "USER: q ASSISTANT:" (no bos, no newline: the reference's `conv.get_prompt().strip()`)."""
-    return "USER: " + question + " ASSISTANT:"
-
-
-def mmu_vit_prompt_layout(system_ids: Sequence[int], num_features: int, question_ids: Array, question_len: Array,
-                          vocab: ShowoVocab) -> tuple[Array, Array]:
-    """CLIP-ViT MMU inference prompts `<|mmu|> system <|soi|> feats <|eoi|> question`, left-padded to
-    3 + len(system) + F + Lq; returns (ids, slots). Mask: `showo_mmu_vit_mask(ids, ..., pad_id=vocab.pad_id)`."""
-    b, lq = question_ids.shape
-    prefix = _vit_prefix(system_ids, num_features, vocab, b)
-    full = jnp.full((b,), prefix.shape[1], jnp.int32)
-    segments = [(prefix, full), (question_ids, jnp.asarray(question_len, jnp.int32))]
-    ids = _pack(segments, prefix.shape[1] + lq, vocab.pad_id, right_align=True)
-    soi = jnp.argmax(ids == vocab.soi_id, axis=1)[:, None]
-    j = jnp.arange(ids.shape[1])[None, :]
-    return ids, (j > soi) & (j <= soi + num_features)
+    return pack_segments(segments, total, vocab.pad_id, right_align=True)
 
 
 def lm_layout(text_ids: Array, text_len: Array, vocab: ShowoVocab, seq_len: int) -> tuple[Array, Array]:
@@ -332,7 +280,7 @@ def lm_layout(text_ids: Array, text_len: Array, vocab: ShowoVocab, seq_len: int)
     n = jnp.minimum(text_len, seq_len - 1)
     eos_len = (text_len + 2 <= seq_len).astype(jnp.int32)
     segments = [_const(b, vocab.bos_id), (text_ids, n), (jnp.full((b, 1), vocab.eos_id), eos_len)]
-    inputs = _pack(segments, seq_len, vocab.pad_id, right_align=False)
+    inputs = pack_segments(segments, seq_len, vocab.pad_id, right_align=False)
     used = 1 + n + eos_len
     labels = jnp.where(jnp.arange(seq_len)[None, :] < used[:, None], inputs, vocab.ignore_id)
     return inputs, labels

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax.models import showo_layout as sl
+from mmjax.models import showo_vit_layout as vl
 from mmjax.nn import masks
 
 V = sl.ShowoVocab()
@@ -212,7 +213,7 @@ def test_mmu_vit_rows_labels_slots_and_truncation(system):
     f, text_len = 4, 6
     conv = jnp.array([[11, 12, 13, 14, 15, 0, 0, 0], [21, 22, 23, 24, 25, 26, 27, 28]])
     target = jnp.array([[0, 0, 1, 1, 1, 0, 0, 0], [0, 1, 0, 1, 1, 1, 1, 1]], bool)
-    ids, labels, slots = sl.mmu_vit_layout(conv, target, jnp.array([5, 8]), system, f, V, text_len)
+    ids, labels, slots = vl.mmu_vit_layout(conv, target, jnp.array([5, 8]), system, f, V, text_len)
     k = len(system)
     assert ids.shape == labels.shape == slots.shape == (2, 1 + k + 1 + f + 1 + text_len)
     head = [V.mmu_id, *system, V.soi_id, *[V.mask_id] * f, V.eoi_id]
@@ -226,12 +227,12 @@ def test_mmu_vit_rows_labels_slots_and_truncation(system):
 
 def test_mmu_vit_prompt_is_left_padded_with_slots_per_row():
     question = jnp.array([[31, 32, 33], [41, 0, 0]])
-    ids, slots = sl.mmu_vit_prompt_layout((7,), 2, question, jnp.array([3, 1]), V)
+    ids, slots = vl.mmu_vit_prompt_layout((7,), 2, question, jnp.array([3, 1]), V)
     head = [V.mmu_id, 7, V.soi_id, V.mask_id, V.mask_id, V.eoi_id]
     np.testing.assert_array_equal(ids[0], [*head, 31, 32, 33])
     np.testing.assert_array_equal(ids[1], [V.pad_id, V.pad_id, *head, 41])
     np.testing.assert_array_equal(np.nonzero(np.asarray(slots[1]))[0], [5, 6])
-    assert sl.mmu_vit_question_text("What is it?") == "USER: What is it? ASSISTANT:"
+    assert vl.mmu_vit_question_text("What is it?") == "USER: What is it? ASSISTANT:"
 
 
 def test_mmu_prompt_is_left_padded_and_mask_is_padding_invariant():

@@ -38,6 +38,7 @@ from mmjax import configlib
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
+from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
 from mmjax.train.tasks import showo_batches as sb
@@ -267,7 +268,7 @@ class ShowoTask(Task):
                 ids, lab = layout.mmu_instruct_layout(v.image_token(codes), *conv, v, s)
             else:
                 features = self._clip_features(model_state, batch)
-                ids, lab, slots = layout.mmu_vit_layout(*conv, self.system_ids, self.clip.num_features, v,
+                ids, lab, slots = vit_layout.mmu_vit_layout(*conv, self.system_ids, self.clip.num_features, v,
                                                         self.mmu_text_len)
             rows.append(ids), labels.append(lab)
             sizes["mmu"] = ids.shape[0]

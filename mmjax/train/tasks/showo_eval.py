@@ -29,6 +29,7 @@ import numpy as np
 
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
+from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks.base import EvalContext
 
@@ -87,7 +88,7 @@ def answer(task: Any, params: Any, model_state: Any, images: jax.Array, question
     if clip and images.ndim != 3:
         raise ValueError(f"this Show-o run is the CLIP-ViT variant: answer() takes CLIP features (B, F, C) from "
                          f"task.mmu_inputs, not image codes of shape {tuple(images.shape)}")
-    question_text = layout.mmu_vit_question_text if clip else layout.mmu_question_text
+    question_text = vit_layout.mmu_vit_question_text if clip else layout.mmu_question_text
     texts = [question_text(q) for q in questions]
     width = max(len(task.text.encode(t)) for t in texts)
     max_new = int(task.config.eval.max_new_tokens)

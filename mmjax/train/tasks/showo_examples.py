@@ -27,7 +27,8 @@ import numpy as np
 from mmjax import configlib
 from mmjax.data.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, tokenize_conversation
 from mmjax.data.text import Tokenizer
-from mmjax.models.showo_layout import ShowoVocab, mmu_question_text, mmu_vit_question_text
+from mmjax.models.showo_layout import ShowoVocab, mmu_question_text
+from mmjax.models.showo_vit_layout import mmu_vit_question_text
 from mmjax.train.tasks.showo_batches import decode_rgb, load_image, pad_ids
 from mmjax.train.tasks.showo_clip import ClipTower
 
