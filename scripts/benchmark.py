@@ -38,9 +38,7 @@ Workload = Callable[..., dict[str, Any]]
 
 # name -> (function, keyword arguments at full size, keyword arguments for --tiny CPU smoke runs)
 WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
-    "showo_256": (training.showo, dict(res=256, stage=1), dict(res=256, stage=1, overrides=(
-        "model.preset=tiny-phi", "model.hidden_size=64", "model.num_heads=2", "model.mlp_dim=128",
-        "model.num_layers=2", "tokenizer.model.ch=8", "tokenizer.model.ch_mult=(1,1,1,1,1)")), ),
+    "showo_256": (training.showo, dict(res=256, stage=1), dict(res=256, stage=1, overrides=("model.preset=tiny-phi",))),
     "showo_512": (training.showo, dict(res=512, stage=3), {}),
     "llava_ov_0p5b": (training.llava_onevision, {}, dict(config="configs/llava/tiny.py", batch=2, seq=128)),
     "llava15_7b": (training.llava15, {}, {}),

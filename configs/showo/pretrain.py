@@ -23,8 +23,12 @@ Recipe:    per-device mix t2i/lm/mmu = 15/4/10 (stage 1), 10/4/10 (stages 2, 3);
            + 0.1 LM + 1.0 MMU; caption dropout 0.1; min masking rate 0; no label smoothing;
            S = 128 text tokens -> rows of L = 387 (256 px, 16x16 tokens) or 1155 (512 px, 32x32 tokens).
 Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf16 compute, fp32 params, FSDP
-           within a host (mesh fsdp=8), full remat per block. The 256 px stage-1 step is checked to compile on 8
-           CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
+           within a host (mesh fsdp=8). Speed settings from measurements on one H200 (docs/benchmarks.md):
+           unrolled layers (scan_layers=False: 200 ms/step against 248 scanned), no remat (one 29-row bundle
+           peaks at 69 GiB without it), rows padded to a multiple of 8 (showo.seq_multiple: 387 -> 392, losses
+           unchanged) and the 58,498-wide head padded to 58,624 (model.vocab_pad_multiple). On chips with less
+           memory set model.remat_policy=full (the TPU slice variants do). The 256 px stage-1 step is checked to
+           compile on 8 CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
 Expected:  the paper's Show-o 1.3B after stage 3: GenEval overall 0.53 (256 px) / 0.68 (512 px: single 0.98,
            two 0.80, counting 0.66, colors 0.84, position 0.31, color-attr 0.50); MSCOCO-30K FID 9.24 (512 px,
            with COCO-like fine-tuning data). Stages 1 and 2 have no published numbers; a normal t2i_loss is 4-8.
@@ -67,8 +71,8 @@ def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: i
                        checkpoint_every=5_000, keep_checkpoints=3, data_workers=8)
     c.mesh.update(data=-1, fsdp=8, tensor=1)
     c.model = ml_collections.ConfigDict(dict(preset="phi-1.5", qk_norm="layernorm", dtype="bfloat16",
-                                             param_dtype="float32", scan_layers=True, remat_policy="full",
-                                             attention_backend="auto", w_clip_vit=False))
+                                             param_dtype="float32", scan_layers=False, remat_policy="none",
+                                             attention_backend="auto", vocab_pad_multiple=128, w_clip_vit=False))
     c.text = ml_collections.ConfigDict(dict(kind="hf", path="/models/phi-1_5", bos="<|endoftext|>",
                                             eos="<|endoftext|>"))
     c.vocab = ml_collections.ConfigDict(dict(text_vocab_size=50295, bos_id=50256, eos_id=50256, codebook_size=8192,
@@ -80,7 +84,7 @@ def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: i
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=max_text_len, mix=ml_collections.ConfigDict(dict(t2i=t2i, lm=lm, mmu=mmu)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
-        mask_schedule="cosine", label_smoothing=0.0, system_prompt=""))
+        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=8))
     c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
     c.eval = ml_collections.ConfigDict(dict(num_t2i=32, num_mmu=0, t2i_steps=12, guidance_scale=guidance,
                                             generation_temperature=1.0, logit_temperature=1.0, max_new_tokens=100,

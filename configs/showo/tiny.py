@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=52, mix=ml_collections.ConfigDict(dict(t2i=8, lm=1, mmu=20)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=2.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
-        mask_schedule="cosine", label_smoothing=0.0, system_prompt=""))
+        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=1))
     part = lambda seed, n, split, **kw: ml_collections.ConfigDict(dict(source=shapes(seed, n, split), **kw))
     c.data.train = ml_collections.ConfigDict(dict(
         t2i=part(0, arg.records, "seen", text_field="caption"), lm=part(0, arg.records, "seen", text_field="caption"),

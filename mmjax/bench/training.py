@@ -56,14 +56,14 @@ def showo(res: int, stage: int, *, ceiling: float | None = None, iters: int = 10
     """One device's bundle of the paper's mix ([t2i; lm; mmu] rows) with configs/showo/pretrain.py as shipped;
     image tokens arrive pre-computed on both sides (as with pre-tokenized shards), so the tokenizer is not timed."""
     trainer = build(f"configs/showo/pretrain.py:stage={stage},res={res},devices=1",
-                    ["tokenizer.pretokenize=True", *overrides])
+                    ["tokenizer.pretokenize=True", "mesh.fsdp=1", *overrides])
     task = trainer.task
     sec, metrics = time_steps(trainer, iters)
     mix = task.mix
     rows, seq = sum(mix.values()), task.s + task.n + 3
     stack = lm_stack(task.lm_config)
     out = _result(trainer, sec, metrics, flops.train(stack, rows, seq), ceiling, rows=rows, seq=seq,
-                  padded_seq=task.seq_len, tokens_per_s=rows * seq / sec)
+                  padded_seq=task.row_len, tokens_per_s=rows * seq / sec)
     v = task.vocab
     peer = {"hidden": stack.width, "layers": stack.layers, "heads": task.lm_config.num_heads, "mlp": stack.mlp,
             "vocab": v.vocab_size, "rows": dict(mix), "max_text_len": task.s, "image_tokens": task.n,

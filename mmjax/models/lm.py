@@ -218,15 +218,16 @@ class LM(nn.Module):
 
     def __call__(self, ids: jax.Array | None = None, *, positions: jax.Array | None = None,
                  mask: jax.Array | None = None, is_causal: bool = True, kv_lengths: jax.Array | None = None,
-                 cache: KVCache | None = None, embeds: jax.Array | None = None
-                 ) -> jax.Array | tuple[jax.Array, KVCache]:
+                 cache: KVCache | None = None, embeds: jax.Array | None = None,
+                 columns: tuple[int, int] | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
         """Float32 logits (B, T, vocab) for `ids` (B, T) or precomputed `embeds` (B, T, hidden); with
         `vocab_pad_multiple` > 1 the last axis is padded and the padded columns hold -1e30.
 
         mask: bool, True = attend, broadcastable to (B, 1, T, S); ANDed with the causal pattern when is_causal
         (pass is_causal=False with a full mask for prefix-LM / omni-attention). positions (B, T) default to
         arange(T) (+ cache.index). kv_lengths (B,) hides right padding without a dense mask (the fused causal
-        kernel stays usable). With `cache` (see `init_cache`) also returns the updated cache.
+        kernel stays usable). `columns` (start, stop) computes the logits of those vocabulary ids only.
+        With `cache` (see `init_cache`) also returns the updated cache.
         """
         if (ids is None) == (embeds is None):
             raise ValueError("pass exactly one of ids or embeds")
@@ -252,7 +253,7 @@ class LM(nn.Module):
             else:
                 kv = tuple(jnp.stack(t) for t in zip(*kvs))
         x = self.final_norm(x)
-        logits = self.embed_tokens.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
+        logits = self.embed_tokens.attend(x, columns) if self.cfg.tie_embeddings else self.lm_head(x, columns)
         logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
         if cache is None:
             return logits

@@ -33,7 +33,7 @@ from mmjax.diffusion import maskgit
 from mmjax.models import showo_layout as layout
 from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.generate import GenerateOutput, generate
-from mmjax.models.lm import LM, LMConfig, get_config
+from mmjax.models.lm import LM, LMConfig, get_config, init_cache, unrolled_for_decoding
 from mmjax.models.showo_layout import ShowoVocab
 from mmjax.nn import masks
 from mmjax.nn.attention import KVCache
@@ -106,8 +106,8 @@ class Showo(nn.Module):
         return splice_features(self.embed(ids), self.project_features(features), slots)
 
     def __call__(self, ids: Array | None = None, *, positions: Array | None = None, mask: Array | None = None,
-                 is_causal: bool | None = None, cache: KVCache | None = None,
-                 embeds: Array | None = None) -> Array | tuple[Array, KVCache]:
+                 is_causal: bool | None = None, cache: KVCache | None = None, embeds: Array | None = None,
+                 columns: tuple[int, int] | None = None) -> Array | tuple[Array, KVCache]:
         """Float32 logits (B, T, vocab). Without `mask` (and without a cache) the Show-o mask is built from `ids`;
         a given mask is used as is (ANDed with causal when `is_causal`), which is what generation passes.
         `is_causal` defaults to False with a mask and to True without one (spliced `embeds`, no mask)."""
@@ -117,7 +117,8 @@ class Showo(nn.Module):
             is_causal = mask is None
         if self.w_clip_vit and self.is_initializing():
             self.project_features(jnp.zeros((1, 1, self.clip_hidden_size), jnp.dtype(self.cfg.dtype)))
-        return self.lm(ids, positions=positions, mask=mask, is_causal=is_causal, cache=cache, embeds=embeds)
+        return self.lm(ids, positions=positions, mask=mask, is_causal=is_causal, cache=cache, embeds=embeds,
+                       columns=columns)
 
 
 def splice_features(embeds: Array, features: Array, slots: Array) -> Array:
@@ -137,26 +138,49 @@ def _token_space(codes: Array, vocab: ShowoVocab) -> Array:
     return jnp.where(codes >= vocab.codebook_size, vocab.mask_id, codes + vocab.image_offset).astype(jnp.int32)
 
 
-def t2i_logits_fn(model: Showo, params: Any, cond_prefix: Array, uncond_prefix: Array) -> maskgit.LogitsFn:
-    """The closure MaskGIT decoding calls: codes (rows, N) -> code logits (rows, N, K).
+def t2i_logits_fn(model: Showo, params: Any, prefix: Array, num_image_tokens: int) -> maskgit.LogitsFn:
+    """The closure MaskGIT decoding calls: codes (rows, N) -> code logits (rows, N, K), for `prefix` (rows, S+1)
+    rows (the conditional prompts, followed by the unconditional ones when guidance is on).
 
-    Rows are placed after the S+1-token prefixes as `<|soi|> img <|eoi|>`; with B rows every row takes its
-    conditional prefix, with 2B rows ([cur; cur], guidance on) the second half takes the unconditional one, so
-    cond and uncond run in one forward. The image positions' logits are cut to the K code columns.
+    Text rows are causal and never see the image, so the prefix's keys and values are the same at every step:
+    they are computed once here, and each step runs only `<|soi|> img <|eoi|>` (N + 2 tokens instead of the
+    reference's S + N + 3) against that cache, with the omni-attention rows of the full sequence, and computes
+    the head for the K code columns only. The logits equal the reference's full re-run (tests compare them).
     """
     vocab = model.vocab
-    batch, s1 = cond_prefix.shape
+    rows, s1 = prefix.shape
+    n, length = num_image_tokens, prefix.shape[1] + num_image_tokens + 2
+    dec_model, dec_params = unrolled_for_decoding(model, params)
+    variables = {"params": dec_params}
+    tok = lambda t: jnp.full((rows, 1), t, jnp.int32)
+    dummy = jnp.concatenate([prefix, tok(vocab.soi_id), jnp.full((rows, n), vocab.mask_id, jnp.int32),
+                             tok(vocab.eoi_id)], axis=1)
+    mask = model.attention_mask(dummy)  # depends on the pad / soi / eoi positions only, not on the image tokens
+    prefix_mask = jnp.pad(mask[:, :, :s1, :s1], ((0, 0), (0, 0), (0, 0), (0, length - s1)))
+    _, cache = dec_model.apply(variables, prefix, positions=jnp.broadcast_to(jnp.arange(s1), (rows, s1)),
+                               mask=prefix_mask, is_causal=False, cache=init_cache(dec_model.cfg, rows, length),
+                               columns=(0, 0))
+    image_mask, image_positions = mask[:, :, s1:, :], jnp.broadcast_to(jnp.arange(s1, length), (rows, n + 2))
+    columns = (vocab.image_offset, vocab.image_offset + vocab.codebook_size)
 
     def logits_fn(codes: Array) -> Array:
-        rows, n = codes.shape
-        prefix = cond_prefix if rows == batch else jnp.concatenate([cond_prefix, uncond_prefix], axis=0)
-        tok = lambda t: jnp.full((rows, 1), t, jnp.int32)
-        ids = jnp.concatenate([prefix, tok(vocab.soi_id), _token_space(codes, vocab), tok(vocab.eoi_id)], axis=1)
-        logits = model.apply({"params": params}, ids)
-        start = vocab.image_offset
-        return logits[:, s1 + 1:s1 + 1 + n, start:start + vocab.codebook_size]
+        ids = jnp.concatenate([tok(vocab.soi_id), _token_space(codes, vocab), tok(vocab.eoi_id)], axis=1)
+        logits, _ = dec_model.apply(variables, ids, positions=image_positions, mask=image_mask, is_causal=False,
+                                    cache=cache, columns=columns)
+        return logits[:, 1:n + 1]
 
     return logits_fn
+
+
+def t2i_forward_flops(stack: Any, rows: int, max_text_len: int, num_image_tokens: int, codebook: int,
+                      steps: int) -> float:
+    """Forward FLOPs `t2i_generate` runs (mmjax.bench.flops conventions): the prefix once, then per step the
+    image tokens against all keys and the head over the code columns. `stack.head` must be 0."""
+    s1, n2 = max_text_len + 1, num_image_tokens + 2
+    prefix = 2.0 * stack.matmul_params * rows * s1 + 4.0 * stack.layers * s1 * s1 * stack.width * rows
+    step = (2.0 * (stack.matmul_params + stack.width * codebook) * rows * n2
+            + 4.0 * stack.layers * n2 * (s1 + n2) * stack.width * rows)
+    return prefix + steps * step
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_text_len", "num_steps", "guidance_scale",
@@ -184,8 +208,10 @@ def t2i_generate(model: Showo, params: Any, text_ids: Array, text_len: Array, ca
     dummy = jnp.zeros((canvas.shape[0], 0), jnp.int32)
     cond, _ = layout.t2i_layout(text_ids, text_len, dummy, vocab, max_text_len)
     uncond = layout.t2i_uncond_layout(dummy, vocab, max_text_len)
-    cond, uncond = cond[:, :max_text_len + 1], uncond[:, :max_text_len + 1]  # drop the soi/eoi around no image
-    fn = t2i_logits_fn(model, params, cond, uncond)
+    prefix = cond[:, :max_text_len + 1]  # drop the soi/eoi around no image
+    if guidance_scale:  # cond and uncond rows in one forward per step
+        prefix = jnp.concatenate([prefix, uncond[:, :max_text_len + 1]], axis=0)
+    fn = t2i_logits_fn(model, params, prefix, canvas.shape[1])
     return maskgit.decode(fn, canvas.astype(jnp.int32), mask_id=vocab.codebook_size, num_steps=num_steps, rng=rng,
                           guidance_scale=guidance_scale, temperature=logit_temperature,
                           choice_temperature=generation_temperature, schedule=schedule, rule="showo")

@@ -270,6 +270,22 @@ def mmu_prompt_layout(image_ids: Array, question_ids: Array, question_len: Array
     return pack_segments(segments, total, vocab.pad_id, right_align=True)
 
 
+def pad_rows(ids: Array, labels: Array, length: int, vocab: ShowoVocab, *, left: bool) -> tuple[Array, Array]:
+    """Rows padded with `[PAD]` (labels -100) to `length`, on the left (T2I) or the right (LM, MMU).
+
+    Hardware-friendly lengths (Show-o's 387 is odd, and 29 x 387 tokens put the weight-gradient matmuls on slow
+    kernels) change nothing the model computes: T2I rows are already left-padded and their pads are hidden from
+    every real token; RoPE scores depend on relative positions only, so shifting a row right leaves its outputs
+    unchanged; LM and MMU rows end in pads that causal attention never shows to a real token.
+    """
+    extra = length - ids.shape[1]
+    if extra < 0:
+        raise ValueError(f"rows of length {ids.shape[1]} do not fit {length}")
+    widths = ((0, 0), (extra, 0) if left else (0, extra))
+    return (jnp.pad(ids, widths, constant_values=vocab.pad_id),
+            jnp.pad(labels, widths, constant_values=vocab.ignore_id))
+
+
 def lm_layout(text_ids: Array, text_len: Array, vocab: ShowoVocab, seq_len: int) -> tuple[Array, Array]:
     """Language-modelling rows `<bos> text <eos> [PAD]...` of length L, labels -100 on pads. No task token.
 

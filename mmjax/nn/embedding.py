@@ -51,9 +51,12 @@ class TokenEmbedding(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         return lookup(self.embedding, ids, self.dtype)
 
-    def attend(self, x: jax.Array) -> jax.Array:
-        """Tied-embedding logits x @ E^T over the padded vocabulary (padded columns = PAD_LOGIT)."""
+    def attend(self, x: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
+        """Tied-embedding logits x @ E^T over the padded vocabulary (padded columns = PAD_LOGIT), or over the
+        vocabulary ids [start, stop) of `columns` only (unpadded)."""
         table = jnp.asarray(self.embedding, self.dtype)
+        if columns is not None:
+            return jnp.einsum("...d,vd->...v", x.astype(self.dtype), table[columns[0]:columns[1]])
         extra = padded_size(self.num_embeddings, self.pad_to) - self.num_embeddings
         logits = jnp.einsum("...d,vd->...v", x.astype(self.dtype), jnp.pad(table, ((0, extra), (0, 0))))
         return logits + pad_bias(self.num_embeddings, extra, logits.dtype) if extra else logits
@@ -73,16 +76,21 @@ class VocabHead(nn.Module):
     pad_to: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
+        """Logits over the (padded) vocabulary, or over the ids [start, stop) of `columns` only: sampling that
+        reads a known range (Show-o's image codes) then skips the rest of the head's matmul."""
         kernel = self.param("kernel", partitioned(nn.initializers.lecun_normal(), ("embed", "vocab")),
                             (x.shape[-1], self.vocab_size), self.param_dtype)
+        bias = (self.param("bias", partitioned(nn.initializers.zeros_init(), ("vocab",)), (self.vocab_size,),
+                           self.param_dtype) if self.use_bias else None)
+        if columns is not None:
+            start, stop = columns
+            y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), jnp.asarray(kernel[:, start:stop], self.dtype))
+            return y if bias is None else y + jnp.asarray(bias[start:stop], self.dtype)
         extra = padded_size(self.vocab_size, self.pad_to) - self.vocab_size
         kernel = jnp.pad(jnp.asarray(kernel, self.dtype), ((0, 0), (0, extra)))
         y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), kernel)
-        bias = None
-        if self.use_bias:
-            bias = jnp.asarray(self.param("bias", partitioned(nn.initializers.zeros_init(), ("vocab",)),
-                                          (self.vocab_size,), self.param_dtype), self.dtype)
+        bias = None if bias is None else jnp.asarray(bias, self.dtype)
         if extra:
             bias = pad_bias(self.vocab_size, extra, self.dtype) + (0 if bias is None else jnp.pad(bias, (0, extra)))
         return y if bias is None else y + bias

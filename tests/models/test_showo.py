@@ -70,7 +70,9 @@ def test_default_mask_is_showo_omni_attention():
     assert np.abs(np.asarray(default - causal))[:, S + 1:].max() > 1e-3  # image rows see the whole image
 
 
-def test_cfg_closure_pairs_rows_with_cond_and_uncond_prefixes():
+def test_prefix_cached_logits_equal_the_full_rerun_for_cond_and_uncond_rows():
+    """Each MaskGIT step runs only `<|soi|> img <|eoi|>` against the cached text prefix and the code columns of
+    the head: its logits must equal the reference's re-run of the whole sequence, for cond and uncond rows."""
     model, params = _tiny()
     text, lens = _prompts()
     codes = jnp.array([[3, 16, 5, 16, 16, 0, 1, 2, 16]] * 2)  # 16 = mask in code space
@@ -80,15 +82,17 @@ def test_cfg_closure_pairs_rows_with_cond_and_uncond_prefixes():
         empty = jnp.zeros((2, 0), jnp.int32)
         cond = sl.t2i_layout(text, lens, empty, VOCAB, S)[0][:, :S + 1]
         uncond = sl.t2i_uncond_layout(empty, VOCAB, S)[:, :S + 1]
-        fn = so.t2i_logits_fn(model, params, cond, uncond)
-        full_uncond = sl.t2i_uncond_layout(so._token_space(codes, VOCAB), VOCAB, S)
-        ref = model.apply({"params": params}, full_uncond)[:, S + 2:S + 2 + N, VOCAB.image_offset:VOCAB.mask_id]
-        return fn(jnp.concatenate([codes, codes])), fn(codes), ref
+        fn = so.t2i_logits_fn(model, params, jnp.concatenate([cond, uncond]), N)
+        image = so._token_space(codes, VOCAB)
+        full_cond = sl.t2i_layout(text, lens, image, VOCAB, S)[0]
+        full_uncond = sl.t2i_uncond_layout(image, VOCAB, S)
+        cut = lambda ids: model.apply({"params": params}, ids)[:, S + 2:S + 2 + N, VOCAB.image_offset:VOCAB.mask_id]
+        return fn(jnp.concatenate([codes, codes])), cut(full_cond), cut(full_uncond)
 
-    both, cond_only, ref = run(params)
+    both, ref_cond, ref_uncond = run(params)
     assert both.shape == (4, N, 16)
-    np.testing.assert_allclose(both[:2], cond_only, atol=1e-5)
-    np.testing.assert_allclose(both[2:], ref, atol=1e-5)
+    np.testing.assert_allclose(both[:2], ref_cond, atol=1e-5)
+    np.testing.assert_allclose(both[2:], ref_uncond, atol=1e-5)
     assert np.abs(np.asarray(both[:2] - both[2:])).max() > 1e-3
 
 

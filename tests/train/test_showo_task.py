@@ -195,6 +195,27 @@ def test_lm_coeff_scales_only_the_lm_part(tokenizer_run):
     np.testing.assert_allclose(l1, m1["t2i_loss"] + 0.1 * m1["lm_loss"] + mmu_coeff * m1["mmu_loss"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_padding_rows_to_a_multiple_changes_no_loss(tokenizer_run, clip):
+    """showo.seq_multiple pads every row (T2I on the left, LM / MMU on the right) for the hardware: the losses,
+    accuracies and gradients must be those of the unpadded rows."""
+    def run(multiple):
+        task = ShowoTask(tiny_config(tokenizer_run, 40, f"showo.seq_multiple={multiple}", clip=clip))
+        batch = jax.tree.map(lambda x: jnp.asarray(x)[None], task.batches("eval").bundle(0, None))
+        variables = jax.jit(task.init)(jax.random.key(0), batch)
+        state = {k: v for k, v in variables.items() if k != "params"}
+        grad = jax.value_and_grad(task.loss_fn, has_aux=True)
+        (loss, (metrics, _)), grads = jax.jit(grad)(variables["params"], state, batch, jax.random.key(1))
+        return task, loss, metrics, grads
+
+    plain, padded = run(1), run(16)
+    assert padded[0].row_len % 16 == 0 and padded[0].row_len > plain[0].row_len == plain[0].seq_len
+    np.testing.assert_allclose(padded[1], plain[1], rtol=2e-5)
+    for k in plain[2]:
+        np.testing.assert_allclose(padded[2][k], plain[2][k], rtol=2e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-6), padded[3], plain[3])
+
+
 def test_short_run_learns_and_writes_samples(trained):
     workdir, _, final = trained
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

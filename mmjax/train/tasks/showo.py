@@ -41,6 +41,7 @@ from mmjax.models import showo_layout as layout
 from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
+from mmjax.nn.embedding import padded_size
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
@@ -48,7 +49,7 @@ from mmjax.train.tasks.showo_clip import ClipTower
 from mmjax.train.tasks.showo_examples import ExampleBuilder
 
 SHOWO_FIELDS = ("max_text_len", "mix", "t2i_coeff", "lm_coeff", "mmu_coeff", "cond_dropout_prob",
-                "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt")
+                "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt", "seq_multiple")
 EVAL_FIELDS = ("num_t2i", "num_mmu", "t2i_steps", "guidance_scale", "generation_temperature", "logit_temperature",
                "max_new_tokens", "loss_batches", "batch", "seed")
 MODEL_EXTRA = ("preset", "w_clip_vit")
@@ -120,6 +121,8 @@ class ShowoTask(Task):
         self.grid = self.image_size // f
         self.n = self.grid * self.grid
         self.seq_len = self.s + self.n + 3
+        # rows as the step runs them: padded to a hardware-friendly multiple (showo.seq_multiple; 1 = as is)
+        self.row_len = padded_size(self.seq_len, int(config.showo.get("seq_multiple", 1)))
         needs_text = config.vocab.text_vocab_size < 0 or config.vocab.bos_id < 0 or config.vocab.eos_id < 0
         self._text_tok = sb.text_tokenizer(config.text) if needs_text else None
         self.vocab = sb.make_vocab(config.vocab, self.vq_config.num_codes, self._text_tok)
@@ -195,6 +198,27 @@ class ShowoTask(Task):
                               self.mmu_text_len, self.clip)
         return {k: np.zeros((batch_size, *shape), dtype) for k, (shape, dtype) in spec.items()}
 
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Bundles of random text ids (random lengths up to each row's limit), random image codes or pixels and
+        answer spans, shaped like `example_batch`: the ids vary as real ones do, which matters for the step's
+        gathers and scatters."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for key, zeros in self.example_batch(batch_size).items():
+            shape, field = zeros.shape, key.split("_", 1)[1]
+            if field in ("text", "conv"):
+                out[key] = rng.integers(0, self.vocab.text_vocab_size, shape, dtype=np.int32)
+            elif field.endswith("_len"):
+                width = self.example_batch(1)[key.replace("_len", "")].shape[-1]
+                out[key] = rng.integers(width // 4, width + 1, shape, dtype=np.int32)
+            elif field == "codes":
+                out[key] = rng.integers(0, self.vocab.codebook_size, shape, dtype=np.int32)
+            elif field == "target":
+                out[key] = rng.random(shape) < 0.5
+            else:  # pixels or CLIP features
+                out[key] = rng.uniform(-1, 1, shape).astype(zeros.dtype)
+        return out
+
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         lm_rng, tok_rng, clip_rng = jax.random.split(rng, 3)
@@ -243,7 +267,8 @@ class ShowoTask(Task):
         return showo_model.clip_features(self.clip.model, model_state["vision_tower"], flat(batch["mmu_clip_image"]))
 
     def build_rows(self, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> Rows:
-        """The [t2i; lm; mmu] rows (ids, labels, sub-batch sizes), all of length S + N + 3."""
+        """The [t2i; lm; mmu] rows (ids, labels, sub-batch sizes), all of length S + N + 3 (`row_len` when
+        `showo.seq_multiple` pads them; the losses do not change, tests check it)."""
         cfg, v, s = self.config.showo, self.vocab, self.s
         flat = lambda x: x.reshape((-1, *x.shape[2:]))
         rows, labels, sizes, features, slots = [], [], {}, None, None
@@ -272,6 +297,13 @@ class ShowoTask(Task):
                                                         self.mmu_text_len)
             rows.append(ids), labels.append(lab)
             sizes["mmu"] = ids.shape[0]
+        if self.row_len != self.seq_len:  # T2I rows grow on the left (soi moves), LM / MMU rows on the right
+            parts = [p for p in sb.PARTS if p in sizes]
+            padded = [layout.pad_rows(r, lab, self.row_len, v, left=p == "t2i")
+                      for p, r, lab in zip(parts, rows, labels)]
+            rows, labels = [r for r, _ in padded], [lab for _, lab in padded]
+            if slots is not None:
+                slots = jnp.pad(slots, ((0, 0), (0, self.row_len - self.seq_len)))
         return Rows(jnp.concatenate(rows), jnp.concatenate(labels), sizes, features, slots)
 
     def logits(self, params: Any, rows: Rows) -> jax.Array:
@@ -301,7 +333,7 @@ class ShowoTask(Task):
             lg, lab = logits[start:start + rows.sizes[part]], rows.labels[start:start + rows.sizes[part]]
             start += rows.sizes[part]
             if part == "t2i":
-                out.update(mtp_sums(lg, lab, self.s, self.vocab, smoothing))
+                out.update(mtp_sums(lg, lab, self.s + self.row_len - self.seq_len, self.vocab, smoothing))
             else:
                 out.update(ntp_sums(lg, lab, part, smoothing))
         return out
