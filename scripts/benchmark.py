@@ -43,11 +43,12 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "llava_ov_0p5b": (training.llava_onevision, {}, dict(config="configs/llava/tiny.py", batch=2, seq=128)),
     "llava15_7b": (training.llava15, {}, {}),
     "vit_l14_336": (training.vit, {}, dict(variant="Ti/16", res=32, batch=4)),
+    "vit_l14_336_unrolled": (training.vit, dict(overrides=("model.scan=False",)), {}),
     "lm_decode": (generation.lm_decode, dict(batch=1), dict(batch=1, preset="tiny-phi", prompt=8, new=8)),
     "lm_decode_b32": (generation.lm_decode, dict(batch=32), dict(batch=2, preset="tiny-phi", prompt=8, new=8)),
-    "t2i_256": (generation.t2i, dict(batch=32), {}),
+    "t2i_256": (generation.t2i, dict(batch=32), dict(batch=2, res=64, steps=3, preset="tiny-phi")),
     "t2i_256_b1": (generation.t2i, dict(batch=1), {}),
-    "mmu_decode": (generation.mmu_decode, dict(batch=1), {}),
+    "mmu_decode": (generation.mmu_decode, dict(batch=1), dict(batch=2, res=64, new=4, preset="tiny-phi")),
 }
 
 # --devices: (config, overrides, per-device batch) of the workloads whose multi-device scaling is measured
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="timed repetitions per workload")
     parser.add_argument("--devices", help="comma-separated device counts for weak scaling (e.g. 1,2,4)")
     parser.add_argument("--json", help="write every result to this file")
+    parser.add_argument("--budget", type=float, default=0, help="seconds; later workloads are skipped past it")
     args = parser.parse_args(argv)
+    began = time.time()
     if args.devices:
         counts = [int(c) for c in args.devices.split(",")]
         unknown = [w for w in args.workloads if w not in SCALING]
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ceilings: {results['ceilings']}", flush=True)
     for name in args.workloads:
         fn, full, tiny = WORKLOADS[name]
+        left = args.budget - (time.time() - began) if args.budget else 1e9
+        if left < 30:
+            print(f"{name}: skipped, the --budget is spent", flush=True)
+            continue
         if args.tiny and not tiny:
             print(f"{name}: no --tiny variant, skipped", flush=True)
             continue
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.peers and "peer" in out and "error" not in out["result"]:
             workload, spec = out["peer"]
             peer = run_peer(workload, spec, device="cuda" if on_gpu else "cpu", compile=bool(args.peer_compile),
-                            iters=args.iters)
+                            iters=args.iters, timeout_s=max(30.0, min(600.0, left - (time.time() - start))))
             record["peer"] = peer
             record["ratio"] = _ratio(name, out["result"], peer)
             shown = {k: peer.get(k) for k in ("ms", "peak_mem_gib", "compiled", "attention", "error") if k in peer}

@@ -57,13 +57,13 @@ def lm_decode(batch: int, *, preset: str = "phi-1.5", prompt: int = 128, new: in
     return {"result": out, "peer": ("phi_generate", peer)}
 
 
-def _showo(res: int, max_text_len: int = 128) -> tuple[Any, Any, int]:
+def _showo(res: int, preset: str = "phi-1.5") -> tuple[Any, Any, int]:
     """Show-o 1.3B (Phi-1.5 + QK-norm, the release's vocabulary) with bf16 weights, and its image tokens."""
     from mmjax.models.showo import Showo, showo_lm_config
     from mmjax.models.showo_layout import ShowoVocab
 
     vocab = ShowoVocab()
-    cfg = showo_lm_config(vocab, "phi-1.5", dtype="bfloat16", param_dtype="bfloat16", scan_layers=False,
+    cfg = showo_lm_config(vocab, preset, dtype="bfloat16", param_dtype="bfloat16", scan_layers=False,
                           vocab_pad_multiple=128)
     model = Showo(cfg, vocab)
     params = _random_params(model, jnp.zeros((1, 8), jnp.int32), jnp.bfloat16)
@@ -71,11 +71,11 @@ def _showo(res: int, max_text_len: int = 128) -> tuple[Any, Any, int]:
 
 
 def t2i(batch: int, *, res: int = 256, steps: int = 12, guidance: float = 1.75, max_text_len: int = 128,
-        ceiling: float | None = None, iters: int = 3) -> dict[str, Any]:
+        preset: str = "phi-1.5", ceiling: float | None = None, iters: int = 3) -> dict[str, Any]:
     """MaskGIT sampling with classifier-free guidance (cond and uncond rows in one forward per step)."""
     from mmjax.models import showo as showo_model
 
-    model, params, n = _showo(res, max_text_len)
+    model, params, n = _showo(res, preset)
     text = jax.random.randint(jax.random.key(1), (batch, max_text_len), 0, 50000)
     lens = jnp.full((batch,), max_text_len // 2, jnp.int32)
     canvas = showo_model.blank_canvas(batch, n, model.vocab)
@@ -95,12 +95,12 @@ def t2i(batch: int, *, res: int = 256, steps: int = 12, guidance: float = 1.75, 
     return {"result": out, "peer": ("showo_t2i", peer)}
 
 
-def mmu_decode(batch: int, *, res: int = 256, question_len: int = 24, new: int = 100,
+def mmu_decode(batch: int, *, res: int = 256, question_len: int = 24, new: int = 100, preset: str = "phi-1.5",
                iters: int = 5) -> dict[str, Any]:
     """Show-o answering about a tokenized image: `<|mmu|><|soi|> img <|eoi|> <bos> question`, greedy, KV cache."""
     from mmjax.models import showo as showo_model
 
-    model, params, n = _showo(res)
+    model, params, n = _showo(res, preset)
     codes = jax.random.randint(jax.random.key(1), (batch, n), 0, model.vocab.codebook_size)
     question = jax.random.randint(jax.random.key(2), (batch, question_len), 0, 50000)
     qlen = jnp.full((batch,), question_len, jnp.int32)
