@@ -47,7 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(arg.stage, batch_size=batch, total_steps=steps, log_every=10, checkpoint_every=500)
     c.model.update(vision=dict(preset="siglip", variant="So400m/14"), feature_layer=-2, drop_cls=False,
                    projector="mlp2x_gelu", image_newline=arg.stage == 2, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
-                   lm=dict(preset=f"qwen2-{arg.size}", dtype="bfloat16", remat_policy="full"))
+                   lm=dict(preset=f"qwen2-{arg.size}", dtype="bfloat16",
+                           # 0.5B: a batch of 4 x 4000 tokens fits an 80 GB GPU without remat, unrolled layers
+                           # as measured for Show-o's LM (docs/benchmarks.md); 7B: full remat, scanned
+                           remat_policy="none" if arg.size == "0.5b" else "full", scan_layers=arg.size != "0.5b"))
     if arg.stage == 1:
         c.image.update(mode="squash", size=384, patch_size=14)
     else:
