@@ -5,9 +5,10 @@
     python scripts/benchmark.py vit_l14_336 lm_decode --tiny          # CPU smoke run with tiny shapes
     python scripts/benchmark.py showo_256 llava_ov_0p5b --devices 1,2,4  # weak scaling on one host's GPUs
 
-Every workload is built from the project's configs and trainer step (mmjax/bench/); with `--peers` the PyTorch
-peer (scripts/peers/, torch + transformers, `torch.compile`, best attention) runs afterwards at the same shapes
-in a subprocess, and the ratio `mmjax / peer` (throughput) is printed. One FLOP formula (mmjax/bench/flops.py)
+Every workload is built from the project's configs and trainer step (mmjax/bench/) and runs in a fresh process;
+with `--peers` the PyTorch peer (scripts/peers/, torch + transformers, `torch.compile`, best attention) runs
+next, at the same shapes, in its own process (so neither holds GPU memory the other needs), and the ratio
+`mmjax / peer` (throughput) is printed. One FLOP formula (mmjax/bench/flops.py)
 serves both sides; MFU is stated against 989 TFLOP/s (H100/H200 dense bf16) and against the bf16 matmul ceiling
 measured at the start of the same run, and decoding against the HBM bandwidth measured there. GPU runs set the
 XLA flags of mmjax.platform (documented in docs/benchmarks.md). Benchmarks are not tests: nothing asserts a time.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -76,11 +78,47 @@ def run_scaling(names: list[str], counts: list[int], iters: int) -> dict[str, An
     return out
 
 
-def _ratio(name: str, mine: dict[str, Any], peer: dict[str, Any]) -> float | None:
+def _ratio(mine: dict[str, Any], peer: dict[str, Any]) -> float | None:
     """mmjax throughput / peer throughput, from per-call times of the same work."""
     if "error" in peer or not peer.get("ms") or not mine.get("ms"):
         return None
     return peer["ms"] / mine["ms"]
+
+
+def run_one(name: str, tiny: bool, iters: int, ceiling: float | None, hbm: float | None) -> dict[str, Any]:
+    """One workload in this process: {"result": ..., "peer": (workload, spec)} or the ceilings and device info."""
+    if name == "ceilings":
+        on_gpu = jax.default_backend() == "gpu"
+        return {"devices": [d.device_kind for d in jax.devices()], "jax": jax.__version__,
+                "date": time.strftime("%Y-%m-%d"), "xla_flags": platform.xla_flags(), "gpu": on_gpu,
+                "matmul_flops": matmul_ceiling() if on_gpu else None,
+                "hbm_bytes_s": hbm_bandwidth() if on_gpu else None}
+    fn, full, tiny_kwargs = WORKLOADS[name]
+    kwargs = dict(tiny_kwargs if tiny else full)
+    for key, value in (("ceiling", ceiling), ("hbm", hbm), ("iters", iters)):
+        if key in fn.__code__.co_varnames:
+            kwargs[key] = value
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # one failing workload must not lose the others' numbers
+        return {"result": {"error": f"{type(e).__name__}: {str(e)[:300]}"}}
+
+
+def in_subprocess(name: str, args: argparse.Namespace, timeout: float, ceilings: dict[str, Any]) -> dict[str, Any]:
+    """`run_one` in a fresh process, so each workload (and each peer after it) finds the whole accelerator: a
+    JAX process keeps the memory it reserved until it exits."""
+    cmd = [sys.executable, __file__, "--one", name, "--iters", str(args.iters),
+           "--ceiling", str(ceilings.get("matmul_flops") or 0), "--hbm", str(ceilings.get("hbm_bytes_s") or 0)]
+    if args.tiny:
+        cmd.append("--tiny")
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"result": {"error": f"timed out after {timeout:.0f} s"}}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT "):])
+    return {"result": {"error": f"exited {done.returncode}: {done.stderr.strip()[-400:]}"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", help="comma-separated device counts for weak scaling (e.g. 1,2,4)")
     parser.add_argument("--json", help="write every result to this file")
     parser.add_argument("--budget", type=float, default=0, help="seconds; later workloads are skipped past it")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one workload in this process
+    parser.add_argument("--ceiling", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--hbm", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:
+        out = run_one(args.one, args.tiny, args.iters, args.ceiling or None, args.hbm or None)
+        print("BENCH_RESULT " + json.dumps(out, default=str), flush=True)
+        return 0
     began = time.time()
     if args.devices:
         counts = [int(c) for c in args.devices.split(",")]
@@ -107,49 +152,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.list or not args.workloads:
         for name, (fn, _, tiny) in WORKLOADS.items():
-            print(f"{name:16s} {fn.__module__}.{fn.__name__}{'' if tiny else '  (no --tiny variant)'}")
+            print(f"{name:22s} {fn.__module__}.{fn.__name__}{'' if tiny else '  (no --tiny variant)'}")
         return 0
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; known: {sorted(WORKLOADS)}")
-    info = {"devices": [d.device_kind for d in jax.devices()], "jax": jax.__version__,
-            "date": time.strftime("%Y-%m-%d"), "xla_flags": platform.xla_flags()}
-    print(json.dumps(info), flush=True)
-    results: dict[str, Any] = {"info": info}
-    on_gpu = jax.default_backend() == "gpu"
-    ceiling = matmul_ceiling() if on_gpu else None
-    hbm = hbm_bandwidth() if on_gpu else None
-    results["ceilings"] = {"matmul_tflops": ceiling and ceiling / 1e12, "hbm_tb_s": hbm and hbm / 1e12}
-    print(f"ceilings: {results['ceilings']}", flush=True)
+    ceilings = in_subprocess("ceilings", args, 300, {})
+    results: dict[str, Any] = {"info": ceilings}
+    print(json.dumps(ceilings), flush=True)
     for name in args.workloads:
-        fn, full, tiny = WORKLOADS[name]
-        left = args.budget - (time.time() - began) if args.budget else 1e9
+        left = args.budget - (time.time() - began) if args.budget else 3600.0
         if left < 30:
             print(f"{name}: skipped, the --budget is spent", flush=True)
             continue
-        if args.tiny and not tiny:
+        if args.tiny and not WORKLOADS[name][2]:
             print(f"{name}: no --tiny variant, skipped", flush=True)
             continue
-        kwargs = dict(tiny if args.tiny else full)
-        if "ceiling" in fn.__code__.co_varnames:
-            kwargs["ceiling"] = ceiling
-        if "hbm" in fn.__code__.co_varnames:
-            kwargs["hbm"] = hbm
-        if "iters" in fn.__code__.co_varnames:
-            kwargs["iters"] = args.iters
         start = time.time()
-        try:
-            out = fn(**kwargs)
-        except Exception as e:  # one failing workload must not lose the others' numbers
-            out = {"result": {"error": f"{type(e).__name__}: {str(e)[:300]}"}}
+        out = in_subprocess(name, args, left, ceilings)
         record = {"mmjax": out["result"], "seconds": time.time() - start}
         print(f"{name}: {json.dumps(out['result'])}", flush=True)
         if args.peers and "peer" in out and "error" not in out["result"]:
             workload, spec = out["peer"]
-            peer = run_peer(workload, spec, device="cuda" if on_gpu else "cpu", compile=bool(args.peer_compile),
-                            iters=args.iters, timeout_s=max(30.0, min(600.0, left - (time.time() - start))))
-            record["peer"] = peer
-            record["ratio"] = _ratio(name, out["result"], peer)
+            peer = run_peer(workload, spec, device="cuda" if ceilings.get("gpu") else "cpu",
+                            compile=bool(args.peer_compile), iters=args.iters,
+                            timeout_s=max(30.0, left - (time.time() - start)))
+            record["peer"], record["ratio"] = peer, _ratio(out["result"], peer)
             shown = {k: peer.get(k) for k in ("ms", "peak_mem_gib", "compiled", "attention", "error") if k in peer}
             print(f"{name} peer {workload}: {json.dumps(shown)}  mmjax/peer = {record['ratio']}", flush=True)
         results[name] = record

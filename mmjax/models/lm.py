@@ -291,7 +291,11 @@ def unrolled_for_decoding(model: nn.Module, params: dict[str, Any]) -> tuple[nn.
         if not isinstance(tree, dict):
             return tree
         if "layers" in tree:
-            return unstack_layers(tree, cfg.num_layers)
+            return _unstack_jit(tree, cfg.num_layers)
         return {k: unstack(v) for k, v in tree.items()}
 
     return model.clone(cfg=cfg.replace(scan_layers=False)), unstack(params)
+
+
+# One compiled copy instead of hundreds of eager slices (those cost ~0.1 s per generate call on an H200).
+_unstack_jit = jax.jit(unstack_layers, static_argnums=1)
