@@ -6,6 +6,12 @@
   tfds        a prepared tensorflow-datasets data set read through `tfds.data_source` (no TensorFlow needed)
   arrayrecord ArrayRecord files of msgpack-encoded dict records (`mmjax.data.records`)
   photos      random crops of the real photos scikit-image ships (`mmjax.data.photos`), fixed photo split
+  webdataset  tar shards of samples grouped by key, e.g. img2dataset output (`mmjax.data.webdataset`)
+  parquet     parquet files of image bytes + captions, or text (`mmjax.data.parquet`)
+  imagefolder a folder of images with a captions JSONL or `.txt` sidecars (`mmjax.data.imagefolder`)
+  jsonl       JSON-lines files, one record object per line (`mmjax.data.jsonl`), e.g. a text corpus
+webdataset, parquet and imagefolder yield {"image": encoded bytes, "caption": str, ...}; on several hosts each
+host reads only its own shards (`mmjax.data.sharded`). docs/data.md lists every option and conversion commands.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 from mmjax.data import records
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
+CORPORA = ("webdataset", "parquet", "imagefolder", "jsonl")   # modules of mmjax.data with a `from_config(cfg)`
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
 
@@ -114,4 +121,9 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         from mmjax.data.photos import PhotosSource
 
         return PhotosSource(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos)")
+    if name in CORPORA:
+        import importlib
+
+        return importlib.import_module(f"mmjax.data.{name}").from_config(cfg)
+    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos | "
+                    f"{' | '.join(CORPORA)})")
