@@ -27,6 +27,7 @@ from mmjax.data import records
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
 CORPORA = ("webdataset", "parquet", "imagefolder", "jsonl")   # modules of mmjax.data with a `from_config(cfg)`
+HOST_SHARDED = ("webdataset", "parquet", "imagefolder")     # take host_index / host_count (mmjax.data.sharded)
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
 

@@ -3,7 +3,8 @@
 Data: `config.data.<split>` names a text source (`mmjax.data.packing.make_document_source`: shapes_captions |
 jsonl | arrayrecord | parquet, e.g. RefinedWeb's `content` column); one record is a group of
 `packing.docs_per_group` documents, which `preprocess` tokenizes (`config.tokenizer`, byte-level by default;
-bos/eos added per `packing.add_bos/add_eos`) and packs into a (`packing.rows`, `packing.seq_len`) block. A batch is (batch_size, rows, seq_len); the loss reshapes it to rows.
+bos/eos added per `packing.add_bos/add_eos`) and packs into a (`packing.rows`, `packing.seq_len`) block. A batch is
+(batch_size, rows, seq_len); the loss reshapes it to rows.
 
 Inside jit the block-diagonal causal mask is built from `segment_ids` and `positions` restart per document, so
 a packed row computes exactly what each document would alone (tests/train/test_lm_task.py checks the logits).
