@@ -31,6 +31,7 @@ platform.configure_xla_flags()
 import jax  # noqa: E402
 
 from mmjax.bench import generation, scaling, training  # noqa: E402
+from mmjax.bench import input as input_workloads  # noqa: E402
 from mmjax.bench.measure import hbm_bandwidth, matmul_ceiling  # noqa: E402
 from mmjax.bench.peers import run_peer  # noqa: E402
 
@@ -50,6 +51,7 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "t2i_256": (generation.t2i, dict(batch=32), {}),
     "t2i_256_b1": (generation.t2i, dict(batch=1), {}),
     "mmu_decode": (generation.mmu_decode, dict(batch=1), {}),
+    **input_workloads.WORKLOADS,  # input_llava_ov, input_showo_raw, input_showo_tokenized: host preprocessing rates
 }
 
 # --devices: (config, overrides, per-device batch) of the workloads whose multi-device scaling is measured
