@@ -43,7 +43,11 @@ Encode = Callable[[np.ndarray], np.ndarray]  # a full batch of model inputs -> i
 
 
 class NoImageError(ValueError):
-    """A record without an image field (skipped and counted under this name)."""
+    """A record without an image (skipped and counted under this name): e.g. LLaVA's text-only conversations."""
+
+
+class MultiImageError(ValueError):
+    """A LLaVA record with several images: a pre-tokenized record holds the codes of one image."""
 
 
 class HostRecords:
@@ -71,11 +75,24 @@ def host_records(data_cfg: dict[str, Any], host_index: int, host_count: int) -> 
     return HostRecords(source, host_index, host_count)
 
 
+def image_of(record: dict[str, Any]) -> Any:
+    """A record's one image: its `image` field (array, encoded bytes, path) or its single LLaVA `image_paths`."""
+    if "image" in record:
+        return record["image"]
+    paths = record.get("image_paths") or []
+    if not paths:
+        raise NoImageError(f"record {record.get('id', '')!r} has no image (fields {sorted(record)})")
+    if len(paths) > 1:
+        raise MultiImageError(f"record {record.get('id', '')!r} has {len(paths)} images")
+    return paths[0]
+
+
 def passthrough(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's scalar / string / small-vector fields (not the image) as msgpack-friendly values."""
+    """The record's other fields as msgpack-friendly values: scalars, strings and small vectors as they are,
+    lists and dicts (LLaVA's `conversations`) as JSON strings, which Show-o's MMU reader accepts."""
     out = {}
     for key, value in record.items():
-        if key in ("image", "ids"):
+        if key in ("image", "ids", "image_paths", "where"):
             continue
         if isinstance(value, str | bytes | bool | int | float):
             out[key] = value
@@ -83,6 +100,8 @@ def passthrough(record: dict[str, Any]) -> dict[str, Any]:
             out[key] = value.item()
         elif isinstance(value, np.ndarray) and value.ndim <= 1:
             out[key] = value
+        elif isinstance(value, list | dict):
+            out[key] = json.dumps(value)
     return out
 
 
@@ -173,9 +192,7 @@ class ShardWriter:
             record = self.source[index]
             if record is None:
                 return None, "undecodable"
-            if "image" not in record:
-                raise NoImageError(f"record {index} has no image field (has {sorted(record)})")
-            return self.prepare(record["image"]), passthrough(record)
+            return self.prepare(image_of(record)), passthrough(record)
         except Exception as e:  # one bad record never ends a long job: skip it, count it by its class, say why
             log.warning("skipping record %d: %s: %s", index, type(e).__name__, str(e)[:300])
             return None, type(e).__name__

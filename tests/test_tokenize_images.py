@@ -16,6 +16,7 @@ from PIL import Image
 from mmjax import configlib
 from mmjax.data.records import decode
 from mmjax.data.shapes import ShapesConfig, ShapesSource
+from mmjax.data.sources import DataError
 from mmjax.tokenize_images import Tokenizer, main
 from mmjax.train.trainer import Trainer
 from tests.data.corpora import shape_samples, write_corpus
@@ -124,7 +125,7 @@ def test_a_job_stopped_half_way_and_restarted_writes_the_same_bytes(run_dir, tmp
     assert json.loads((out / "summary-h0000.json").read_text())["skipped"] == summary["skipped"]
     assert "this run 13 inputs at" in capsys.readouterr().out   # redid shard 2, then 3 and 4: 5 + 5 + 3
 
-    with pytest.raises(Exception, match="records_per_shard differ"):
+    with pytest.raises(DataError, match="records_per_shard differ"):
         main(["--workdir", run_dir, *data, "--records_per_shard", "6", "--out", str(out), "--debug"])
 
 
@@ -138,6 +139,24 @@ def test_hosts_write_their_own_shards_of_their_own_tar_files(run_dir, tmp_path):
     kept = [i for i in range(23) if i not in (5, 17)]
     assert [r["key"] for r in read_shards(out)] == [samples[i]["key"] for i in kept if i // 8 != 1] + [
         samples[i]["key"] for i in kept if i // 8 == 1]
+
+
+def test_llava_json_conversations_are_kept_and_text_only_records_counted(run_dir, tmp_path):
+    samples = shape_samples(2, resolution=24)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.jpg").write_bytes(samples[0]["image"])
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": samples[0]["caption"]}]
+    data = [{"id": "1", "image": "a.jpg", "conversations": conv},
+            {"id": "2", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+            {"id": "3", "image": "gone.jpg", "conversations": conv}]
+    (tmp_path / "llava.json").write_text(json.dumps(data))
+    out = tmp_path / "ids"
+    assert tokenize(run_dir, ["--data", "name=llava_json", "--data", f"json={tmp_path / 'llava.json'}",
+                              "--data", f"images={tmp_path / 'img'}"], out) == 0
+    (record,) = read_shards(out)
+    assert record["id"] == "1" and json.loads(record["conversations"]) == conv and "image_paths" not in record
+    summary = json.loads((out / "summary-h0000.json").read_text())
+    assert summary["skipped"] == {"NoImageError": 1, "ImageDecodeError": 1}
 
 
 def test_the_batch_is_sharded_over_local_devices_with_the_same_ids(run_dir, tmp_path):

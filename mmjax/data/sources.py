@@ -10,6 +10,7 @@
   parquet     parquet files of image bytes + captions, or text (`mmjax.data.parquet`)
   imagefolder a folder of images with a captions JSONL or `.txt` sidecars (`mmjax.data.imagefolder`)
   jsonl       JSON-lines files, one record object per line (`mmjax.data.jsonl`), e.g. a text corpus
+  llava_json  LLaVA's JSON / JSONL conversations + image folder (`mmjax.data.llava_data`)
 webdataset, parquet and imagefolder yield {"image": encoded bytes, "caption": str, ...}; on several hosts each
 host reads only its own shards (`mmjax.data.sharded`). docs/data.md lists every option and conversion commands.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from mmjax import configlib
 from mmjax.data import records
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
@@ -122,9 +124,14 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         from mmjax.data.photos import PhotosSource
 
         return PhotosSource(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    if name == "llava_json":
+        from mmjax.data.llava_data import LlavaJsonSource
+
+        configlib.check_known(cfg, ("json", "images"), "data.<split> (llava_json source)")
+        return LlavaJsonSource(cfg["json"], cfg.get("images", ""))
     if name in CORPORA:
         import importlib
 
         return importlib.import_module(f"mmjax.data.{name}").from_config(cfg)
-    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos | "
+    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos | llava_json | "
                     f"{' | '.join(CORPORA)})")
