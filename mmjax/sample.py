@@ -87,9 +87,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     task, params, model_state = load_run(args.workdir)
     os.makedirs(args.out, exist_ok=True)
     rng = jax.random.key(args.seed)
-    kw = dict(max_text_len=task.s, num_steps=args.steps or int(task.config.eval.t2i_steps),
-              guidance_scale=float(task.config.eval.guidance_scale if args.guidance is None else args.guidance),
-              temperature=float(args.temperature))
+    ev = task.config.eval
+    kw = dict(max_text_len=task.s, num_steps=args.steps or int(ev.t2i_steps),
+              guidance_scale=float(ev.guidance_scale if args.guidance is None else args.guidance),
+              generation_temperature=float(ev.generation_temperature if args.generation_temperature is None
+                                           else args.generation_temperature),
+              logit_temperature=float(ev.logit_temperature if args.logit_temperature is None
+                                      else args.logit_temperature))
     if args.task == "t2i":
         text, lens = _prompts(task, args.prompt, args.num)
         canvas = showo_model.blank_canvas(args.num, task.n, task.vocab)
@@ -131,7 +135,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=cli.int_at_least(0), default=0,
                    help="MaskGIT steps (default: the run's eval.t2i_steps)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--generation-temperature", type=float, default=None,
+                   help="Show-o's generation_temperature: Gumbel noise on the confidences that pick which tokens "
+                        "stay, annealed (default: the run's eval.generation_temperature)")
+    p.add_argument("--logit-temperature", type=float, default=None,
+                   help="divides the code logits before sampling; 1 = plain softmax as the reference, 0 = argmax "
+                        "(default: the run's eval.logit_temperature)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.task in ("t2i", "inpaint", "extrapolate") and not args.prompt:

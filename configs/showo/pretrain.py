@@ -18,8 +18,9 @@ Data:      stage 1  T2I: ImageNet-1k through tfds (`imagenet2012`, prepared as A
            and {"text": str} (mmjax.data.records); paths are fields (`--config.data.train.t2i.source.pattern=...`).
 Recipe:    per-device mix t2i/lm/mmu = 15/4/10 (stage 1), 10/4/10 (stages 2, 3); one bundle per device, so
            batch_size = the device count (48 here: the reference's global batch 48 x 29 = 1392 in stage 1,
-           48 x 24 = 1152 in stage 2). Steps 500k / 1M / 50k; AdamW (0.9, 0.999), wd 0.01, eps 1e-8; lr 1e-4, 1e-4,
-           2e-5 with 5k warmup steps, cosine to 0; loss 1.0 MTP + 0.1 LM + 1.0 MMU; caption dropout 0.1;
+           48 x 24 = 1152 in stage 2). Steps 500k / 1M / 50k; AdamW (0.9, 0.999), wd 0.01 on all but biases,
+           eps 1e-8, no gradient clipping; lr 1e-4, 1e-4, 2e-5 with 5k warmup steps, cosine to 0; loss 1.0 MTP
+           + 0.1 LM + 1.0 MMU; caption dropout 0.1; min masking rate 0; no label smoothing;
            S = 128 text tokens -> rows of L = 387 (256 px, 16x16 tokens) or 1155 (512 px, 32x32 tokens).
 Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf16 compute, fp32 params, FSDP
            within a host (mesh fsdp=8), full remat per block. The 256 px stage-1 step is checked to compile on 8
@@ -52,8 +53,14 @@ def arrayrecord(pattern: str) -> ml_collections.ConfigDict:
 
 
 def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: int, lr: float, warmup: int,
-                devices: int) -> ml_collections.ConfigDict:
-    """What every Show-o 1.3B config shares: model, vocabulary, tokenizer, loss, optimizer, mesh."""
+                devices: int, guidance: float = 0.0) -> ml_collections.ConfigDict:
+    """What every Show-o 1.3B config shares: model, vocabulary, tokenizer, loss, optimizer, mesh.
+
+    The optimizer is the reference's (training/train.py and its yaml files): AdamW (0.9, 0.999), eps 1e-8, weight
+    decay 0.01 on every parameter except biases (its no-decay list "bias", "layer_norm.weight", "mlm_ln.weight",
+    "embeddings.weight" matches only biases in Phi's names, so LayerNorm weights and the embedding are decayed),
+    no gradient clipping (`max_grad_norm: null`), linear warmup then cosine to 0. Validation samples as the
+    reference's do: 12 steps, guidance `guidance` (1.5 in pre-training stage 1, 0 elsewhere)."""
     if res not in (256, 512):
         raise ConfigError(f"res={res}: Show-o is trained at 256 or 512 px")
     c = trainer_config(task="showo", batch_size=devices, total_steps=steps, log_every=50, eval_every=10_000,
@@ -73,12 +80,13 @@ def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: i
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=max_text_len, mix=ml_collections.ConfigDict(dict(t2i=t2i, lm=lm, mmu=mmu)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
-        mask_schedule="cosine", label_smoothing=0.0))
+        mask_schedule="cosine", label_smoothing=0.0, system_prompt=""))
     c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
-    c.eval = ml_collections.ConfigDict(dict(num_t2i=32, num_mmu=0, t2i_steps=12, guidance_scale=1.75,
-                                            temperature=1.0, max_new_tokens=100, loss_batches=4, batch=8, seed=0))
+    c.eval = ml_collections.ConfigDict(dict(num_t2i=32, num_mmu=0, t2i_steps=12, guidance_scale=guidance,
+                                            generation_temperature=1.0, logit_temperature=1.0, max_new_tokens=100,
+                                            loss_batches=4, batch=8, seed=0))
     c.optim.update(name="adamw", lr=lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, warmup_steps=warmup,
-                   schedule="cosine", end_lr_frac=0.0, clip_norm=1.0)
+                   schedule="cosine", end_lr_frac=0.0, clip_norm=0.0, no_decay=(r"(^|/)bias$",))
     return c
 
 
@@ -87,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.stage not in STAGES:
         raise ConfigError(f"stage={arg.stage}: pre-training has stages 1, 2, 3")
     mix, steps, lr = STAGES[arg.stage]
-    c = base_config(arg.res, 128, mix, steps, lr, 5_000, arg.devices)
+    c = base_config(arg.res, 128, mix, steps, lr, 5_000, arg.devices, guidance=1.5 if arg.stage == 1 else 0.0)
     captions = arrayrecord("/data/captions_sa1b_cc12m_laion_aes/*.array_record")
     text = ml_collections.ConfigDict(dict(source=arrayrecord("/data/refinedweb/train-*.array_record"),
                                           text_field="text"))

@@ -4,6 +4,14 @@ This is mmjax's embedded default data set for multimodal models: it needs no dow
 function of (seed, index), and since the scene is known exactly, generated images can be judged by analysing their
 pixels (`mmjax.eval.shapes_check`) and answers to questions can be scored exactly. Options control the resolution,
 number of objects, the shape and colour vocabularies, and whether positions are part of captions and questions.
+
+Held-out compositions: `holdout_combos` ("red triangle", ...) and `holdout_questions` ("shape:green circle": the
+question kind "shape" asked about a green circle) name combinations that a training split (`holdout_split="seen"`)
+never contains: a record whose scene shows a held-out combo is redrawn, and so is a question about a held-out
+combination or one that names a held-out combo ("Is there a red triangle?"). Redrawing continues the record's
+own generator, so records stay pure functions of (seed, index). An evaluation split (`holdout_split="all"`, the default)
+draws everything and marks each record `caption_unseen` / `qa_unseen`, so scores can be reported separately on
+seen and unseen compositions.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+QUESTION_KINDS = ("color", "shape", "exists", "count", "where")
+HOLDOUT_SPLITS = ("all", "seen")
+MAX_REDRAWS = 1000
 BACKGROUND = (0, 0, 0)
 _SUPERSAMPLE = 4
 
@@ -57,6 +68,9 @@ class ShapesConfig:
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "white")
     with_positions: bool = False
     size_range: tuple[float, float] = (0.55, 0.8)  # object diameter relative to one grid cell (or the image)
+    holdout_combos: tuple[str, ...] = ()  # "colour shape" pairs a "seen" split never shows or names
+    holdout_questions: tuple[str, ...] = ()  # "kind:colour shape": a question kind never asked about that object
+    holdout_split: str = "all"  # all: every draw, marked seen / unseen | seen: held-out ones redrawn (training)
 
     def __post_init__(self):
         for c in self.colours:
@@ -66,6 +80,23 @@ class ShapesConfig:
             shape_polygon(s, 0, 0, 1)
         if not 1 <= self.min_objects <= self.max_objects <= 9:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 9, got {self.min_objects}, {self.max_objects}")
+        if self.holdout_split not in HOLDOUT_SPLITS:
+            raise ValueError(f"shapes holdout_split {self.holdout_split!r}; known: {HOLDOUT_SPLITS}")
+        for combo in self.holdout_combos:
+            self._check_combo(combo, "holdout_combos")
+        for item in self.holdout_questions:
+            kind, _, combo = item.partition(":")
+            if kind not in QUESTION_KINDS:
+                raise ValueError(f"holdout_questions entry {item!r}: kind {kind!r} is not one of {QUESTION_KINDS}")
+            self._check_combo(combo, "holdout_questions")
+        if len(set(self.holdout_combos)) >= len(self.colours) * len(self.shapes):
+            raise ValueError("holdout_combos holds out every colour x shape combination: nothing left to train on")
+
+    def _check_combo(self, combo: str, field: str) -> None:
+        colour, _, shape = combo.partition(" ")
+        if colour not in self.colours or shape not in self.shapes:
+            raise ValueError(f"{field} entry {combo!r} is not '<colour> <shape>' of colours {self.colours} and "
+                             f"shapes {self.shapes}")
 
 
 def sample_scene(cfg: ShapesConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -113,28 +144,49 @@ def caption(objects: list[dict[str, Any]], with_positions: bool) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def questions(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Question/answer pairs whose answers are single words, so scoring is exact."""
+def questions(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator
+              ) -> list[tuple[str, str, str]]:
+    """(kind, question, answer) triples whose answers are single words, so scoring is exact; kinds are
+    QUESTION_KINDS."""
     first = objects[0]
     qa = []
     if len(objects) == 1:
-        qa += [("What color is the shape?", first["colour"]), ("What shape is it?", first["shape"])]
+        qa += [("color", "What color is the shape?", first["colour"]), ("shape", "What shape is it?", first["shape"])]
     else:
-        qa.append(("How many shapes are there?", NUMBER_WORDS[len(objects)]))
+        qa.append(("count", "How many shapes are there?", NUMBER_WORDS[len(objects)]))
     other_colour = str(rng.choice(cfg.colours))
     present = any(o["colour"] == other_colour and o["shape"] == first["shape"] for o in objects)
-    qa.append((f"Is there a {other_colour} {first['shape']}?", "yes" if present else "no"))
+    qa.append(("exists", f"Is there a {other_colour} {first['shape']}?", "yes" if present else "no"))
     if cfg.with_positions:
-        qa.append((f"Where is the {first['colour']} {first['shape']}?", POSITIONS[first["cell"]]))
+        qa.append(("where", f"Where is the {first['colour']} {first['shape']}?", POSITIONS[first["cell"]]))
     return qa
 
 
-class ShapesSource:
-    """A grain random-access source of synthetic scenes: record i is a pure function of (seed, i).
+def combo(o: dict[str, Any]) -> str:
+    """An object's "colour shape", the unit of `holdout_combos`."""
+    return f"{o['colour']} {o['shape']}"
 
-    Records: {"image": uint8 (H, W, 3), "caption": str, "question": str, "answer": str, "shape": int,
-    "colour": int, "count": int, "index": int}; one question per record, chosen deterministically. Train and
-    eval splits use different seeds, so held-out scenes and prompts are genuinely unseen combinations of draws.
+
+def scene_unseen(objects: list[dict[str, Any]], cfg: ShapesConfig) -> bool:
+    """Whether the scene shows a held-out colour x shape combination (so its caption names one)."""
+    return any(combo(o) in cfg.holdout_combos for o in objects)
+
+
+def question_unseen(objects: list[dict[str, Any]], kind: str, question: str, cfg: ShapesConfig) -> bool:
+    """Whether a question about this scene is a held-out composition: the scene itself is held out, the question
+    names a held-out combo, or its (kind, first object) pair is in `holdout_questions`."""
+    return (scene_unseen(objects, cfg) or any(c in question for c in cfg.holdout_combos)
+            or f"{kind}:{combo(objects[0])}" in cfg.holdout_questions)
+
+
+class ShapesSource:
+    """A grain random-access source of synthetic scenes: record i is a pure function of (seed, i, config).
+
+    Records: {"image": uint8 (H, W, 3), "caption": str, "question": str, "answer": str, "question_kind": str,
+    "shape": int, "colour": int, "count": int, "index": int, "caption_unseen": bool, "qa_unseen": bool}; one
+    question per record, chosen deterministically. Train and eval splits use different seeds, so held-out
+    scenes are new draws; compositions never trained on are set by `holdout_combos` / `holdout_questions` (see
+    the module docstring).
     """
 
     def __init__(self, config: ShapesConfig | None = None, *, num_records: int = 10_000, seed: int = 0):
@@ -145,25 +197,44 @@ class ShapesSource:
     def __len__(self) -> int:
         return self.num_records
 
+    def _draw(self, index: int) -> tuple[list[dict[str, Any]], tuple[str, str, str]]:
+        """(objects, (kind, question, answer)) of record `index`; a "seen" split redraws held-out scenes, then
+        held-out questions about the scene it kept."""
+        cfg, rng = self.config, np.random.default_rng([self.seed, int(index)])
+        seen_only = cfg.holdout_split == "seen"
+        for _ in range(MAX_REDRAWS):
+            objects = sample_scene(cfg, rng)
+            if not (seen_only and scene_unseen(objects, cfg)):
+                break
+        else:
+            raise ValueError(f"shapes record {index}: no seen scene in {MAX_REDRAWS} draws (holdout_combos too wide)")
+        for _ in range(MAX_REDRAWS):
+            qa = questions(objects, cfg, rng)
+            kind, question, answer = qa[int(rng.integers(len(qa)))]
+            if not (seen_only and question_unseen(objects, kind, question, cfg)):
+                return objects, (kind, question, answer)
+        raise ValueError(f"shapes record {index}: no seen question in {MAX_REDRAWS} draws (holdout_questions too "
+                         "wide)")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_records:
             raise IndexError(f"shapes record {index} out of range [0, {self.num_records})")
-        rng = np.random.default_rng([self.seed, int(index)])
-        objects = sample_scene(self.config, rng)
-        qa = questions(objects, self.config, rng)
-        question, answer = qa[int(rng.integers(len(qa)))]
+        objects, (kind, question, answer) = self._draw(index)
         first = objects[0]
         return {
             "image": render(objects, self.config.resolution),
             "caption": caption(objects, self.config.with_positions),
             "question": question,
             "answer": answer,
+            "question_kind": kind,
             "shape": self.config.shapes.index(first["shape"]),
             "colour": self.config.colours.index(first["colour"]),
             "count": len(objects),
             "index": int(index),
+            "caption_unseen": scene_unseen(objects, self.config),
+            "qa_unseen": question_unseen(objects, kind, question, self.config),
         }
 
     def scene(self, index: int) -> list[dict[str, Any]]:
         """The object list behind record `index` (for evaluators that need the ground truth)."""
-        return sample_scene(self.config, np.random.default_rng([self.seed, int(index)]))
+        return self._draw(index)[0]

@@ -132,11 +132,14 @@ def decode(logits_fn: LogitsFn, tokens: Array, *, mask_id: int, num_steps: int, 
         and the last B with the unconditional one; the combination is ``(1+w) c - w u``. With 0 only B rows
         are run.
       tokens: (B, N) code ids with ``mask_id`` at unknown positions; known tokens (inpainting) never change.
-      guidance_scale, temperature: Python floats (static). ``temperature`` scales the sampling logits; 0 means
-        argmax. Both references sample at temperature 1.
-      choice_temperature: scale of the Gumbel noise on the confidences. Default 1.0 for "showo" (Show-o's
-        ``temperature`` argument, compounded: ``temp *= 1 - ratio`` each step) and 4.5 for "maskgit"
-        (annealed linearly: ``4.5 * (1 - ratio)``).
+      guidance_scale, temperature: Python floats (static). ``temperature`` divides the sampling logits (the
+        confidences then come from that tempered distribution); 0 means argmax. Both references sample from
+        the plain softmax (1.0): neither has this knob.
+      choice_temperature: scale of the Gumbel noise added to the log-confidences that choose which tokens
+        stay. This is the references' temperature: Show-o's ``generation_temperature`` (its ``t2i_generate``
+        argument ``temperature``, default 1.0, compounded: ``temp *= 1 - ratio`` each step, see
+        ``mask_by_random_topk``) and MaskGIT's ``choice_temperature`` (default 4.5, annealed linearly:
+        ``4.5 * (1 - ratio)``). None picks the rule's default.
       rule: "showo": ``mask_len = floor(N * gamma(ratio))`` over all N positions; "maskgit":
         ``floor(N_unknown_at_start * gamma(ratio))``. Both clamp to ``[1, #unknown - 1]`` (and never above
         #unknown, so a fully known row is left alone).

@@ -16,6 +16,8 @@ Generation, all jit-compiled with fixed shapes:
   per step over 2B rows [cond; uncond]; `inpaint` and `extrapolate` are the same decoder on a partly known canvas.
 - `mmu_generate`: answers with the KV cache (`mmjax.models.generate`); the bidirectional image prefix is part of
   the prefill mask, so the outputs equal the reference's re-run-everything loop, batched.
+- `mmu_vit_generate`: the same for the CLIP-ViT variant, whose prompt carries projected CLIP features in the
+  embeddings (`Showo.embed_with_features`) and whose prefill mask opens only the feature columns.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 
 from mmjax.diffusion import maskgit
 from mmjax.models import showo_layout as layout
+from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.generate import GenerateOutput, generate
 from mmjax.models.lm import LM, LMConfig, get_config
 from mmjax.models.showo_layout import ShowoVocab
@@ -82,9 +85,11 @@ class Showo(nn.Module):
                                              param_dtype=jnp.dtype(self.cfg.param_dtype))
 
     def attention_mask(self, ids: Array) -> Array:
-        """The omni-attention mask of any mix of T2I / LM / MMU rows, from the ids (True = may attend)."""
+        """The omni-attention mask of any mix of T2I / LM / MMU rows, from the ids (True = may attend); with
+        `w_clip_vit` the MMU rows are the CLIP-ViT variant's (only the feature span opened up)."""
         v = self.vocab
-        return masks.showo_mask(ids, pad_id=v.pad_id, soi_id=v.soi_id, eoi_id=v.eoi_id, mmu_id=v.mmu_id)
+        return masks.showo_mask(ids, pad_id=v.pad_id, soi_id=v.soi_id, eoi_id=v.eoi_id, mmu_id=v.mmu_id,
+                                mmu_features=self.w_clip_vit)
 
     def embed(self, ids: Array) -> Array:
         return self.lm.embed(ids)
@@ -94,6 +99,11 @@ class Showo(nn.Module):
         if not self.w_clip_vit:
             raise ValueError("this Showo has no mm_projector (w_clip_vit=False)")
         return self.mm_projector(features)
+
+    def embed_with_features(self, ids: Array, features: Array, slots: Array) -> Array:
+        """Token embeddings of `ids` (B, T) with projected CLIP features (B, F, clip_hidden_size) in the `slots`
+        (B, T) positions (F per row): the input of an MMU row of the CLIP-ViT variant."""
+        return splice_features(self.embed(ids), self.project_features(features), slots)
 
     def __call__(self, ids: Array | None = None, *, positions: Array | None = None, mask: Array | None = None,
                  is_causal: bool | None = None, cache: KVCache | None = None,
@@ -149,17 +159,25 @@ def t2i_logits_fn(model: Showo, params: Any, cond_prefix: Array, uncond_prefix: 
     return logits_fn
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_text_len", "num_steps", "guidance_scale", "temperature",
-                                             "schedule"))
+@functools.partial(jax.jit, static_argnames=("model", "max_text_len", "num_steps", "guidance_scale",
+                                             "generation_temperature", "logit_temperature", "schedule"))
 def t2i_generate(model: Showo, params: Any, text_ids: Array, text_len: Array, canvas: Array, rng: Array, *,
-                 max_text_len: int, num_steps: int = 18, guidance_scale: float = 0.0, temperature: float = 1.0,
+                 max_text_len: int, num_steps: int = 18, guidance_scale: float = 0.0,
+                 generation_temperature: float = 1.0, logit_temperature: float = 1.0,
                  schedule: str = "cosine") -> maskgit.Decoded:
     """Image codes for prompts by MaskGIT decoding; known canvas tokens (inpainting) are kept.
 
     text_ids (B, Lt) / text_len (B,): tokenized prompts (no bos/eos); canvas (B, N) codes with
     `vocab.codebook_size` at unknown positions (`blank_canvas`). Returns `Decoded(tokens (B, N) codes,
     num_masked (B, num_steps))`. Prompt layout, CFG prompt and schedule follow showo.md (guidance
-    `(1+w) c - w u`, float32 cosine schedule, compounding Gumbel temperature).
+    `(1+w) c - w u`, float32 cosine schedule).
+
+    Two temperatures, because the reference has one and users ask for the other:
+      generation_temperature: Show-o's knob (`training.generation_temperature`, the `temperature` argument of
+        its `t2i_generate`): the scale of the Gumbel noise added to the log-confidences that choose which
+        tokens stay, compounded every step (`temp *= 1 - ratio`). 0 keeps the most confident tokens exactly.
+      logit_temperature: divides the code logits before sampling (and the confidences come from that tempered
+        distribution); 1.0 is the reference's plain softmax, 0 is argmax decoding.
     """
     vocab = model.vocab
     params = nn.unbox(params)
@@ -169,7 +187,8 @@ def t2i_generate(model: Showo, params: Any, text_ids: Array, text_len: Array, ca
     cond, uncond = cond[:, :max_text_len + 1], uncond[:, :max_text_len + 1]  # drop the soi/eoi around no image
     fn = t2i_logits_fn(model, params, cond, uncond)
     return maskgit.decode(fn, canvas.astype(jnp.int32), mask_id=vocab.codebook_size, num_steps=num_steps, rng=rng,
-                          guidance_scale=guidance_scale, temperature=temperature, schedule=schedule, rule="showo")
+                          guidance_scale=guidance_scale, temperature=logit_temperature,
+                          choice_temperature=generation_temperature, schedule=schedule, rule="showo")
 
 
 def blank_canvas(batch: int, num_image_tokens: int, vocab: ShowoVocab) -> Array:
@@ -229,21 +248,34 @@ def clip_features(vision_tower: nn.Module, variables: Any, pixels: Array) -> Arr
     return jax.lax.stop_gradient(extras["hidden_states"][-2][:, 1:])
 
 
-def clip_mmu_inputs(model: Showo, params: Any, features: Array, system_ids: Array, question_ids: Array
-                    ) -> tuple[Array, Array, Array]:
-    """(ids, embeds, prefill mask) of Show-o-with-CLIP's prompt `<|mmu|> system <|soi|> feats <|eoi|> question`.
+def mmu_vit_prompt(model: Showo, params: Any, features: Array, system_ids: tuple[int, ...], question_ids: Array,
+                   question_len: Array) -> tuple[Array, Array, Array, Array]:
+    """(ids, valid, embeds, prefill mask) of Show-o-with-CLIP's prompt `<|mmu|> system <|soi|> feats <|eoi|>
+    question`, left-padded (see `showo_vit_layout.mmu_vit_prompt_layout`).
 
-    features (B, F, clip_hidden) are the frozen CLIP tower's (second-to-last layer, no class token); every key
-    before `<|eoi|>` is visible to every row (the reference's `create_attention_mask_for_mmu_vit`), the rest is
-    causal. Feed both to `generate(model, params, ids, prompt_embeds=embeds, prefill_mask=mask)`.
+    features (B, F, clip_hidden) are the frozen CLIP tower's (`clip_features`). Only the feature columns are
+    visible to every row (`masks.showo_mmu_vit_mask`, the reference's `create_attention_mask_for_mmu_vit`);
+    pads are hidden; everything else is causal.
     """
     vocab = model.vocab
-    b, f = features.shape[:2]
-    tok = lambda t, n=1: jnp.full((b, n), t, jnp.int32)
-    ids = jnp.concatenate([tok(vocab.mmu_id), system_ids, tok(vocab.soi_id), tok(vocab.pad_id, f),
-                           tok(vocab.eoi_id), question_ids], axis=1)
-    slots = jnp.zeros(ids.shape, bool).at[:, system_ids.shape[1] + 2:system_ids.shape[1] + 2 + f].set(True)
-    variables = {"params": nn.unbox(params)}
-    embeds = model.apply(variables, ids, method=Showo.embed)
-    embeds = splice_features(embeds, model.apply(variables, features, method=Showo.project_features), slots)
-    return ids, embeds, masks.prefix_lm_mask(jnp.full((b,), system_ids.shape[1] + 2 + f), ids.shape[1])
+    ids, slots = vit_layout.mmu_vit_prompt_layout(system_ids, features.shape[1], question_ids, question_len, vocab)
+    embeds = model.apply({"params": nn.unbox(params)}, ids, features, slots, method=Showo.embed_with_features)
+    prefill = masks.showo_mmu_vit_mask(ids, soi_id=vocab.soi_id, eoi_id=vocab.eoi_id, pad_id=vocab.pad_id)
+    return ids, ids != vocab.pad_id, embeds, prefill
+
+
+_mmu_vit_prompt = jax.jit(mmu_vit_prompt, static_argnums=(0, 3))
+
+
+def mmu_vit_generate(model: Showo, params: Any, features: Array, system_ids: tuple[int, ...], question_ids: Array,
+                     question_len: Array, *, max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
+                     temperature: float = 0.0, rng: Array | None = None) -> GenerateOutput:
+    """Answers (B, max_new_tokens) of the CLIP-ViT variant with the KV cache: the prompt's embeddings (features
+    spliced in) and its mask go into the prefill, then decoding is causal. question_ids hold the tokens of
+    `showo_vit_layout.mmu_vit_question_text(q)`. Greedy by default; stops at eos."""
+    vocab = model.vocab
+    ids, valid, embeds, prefill = _mmu_vit_prompt(model, params, features, tuple(system_ids), question_ids,
+                                                  question_len)
+    return generate(model, params, ids, prompt_valid=valid, prefill_mask=prefill, prompt_embeds=embeds,
+                    max_new_tokens=max_new_tokens, stop_tokens=stop_tokens or (vocab.eos_id,), pad_id=vocab.pad_id,
+                    temperature=temperature, rng=rng)

@@ -128,11 +128,11 @@ class ShowoVocab:
 
 
 def _const(b: int, value: int) -> tuple[Array, Array]:
-    """A one-token segment (every row holds `value`) for `_pack`."""
+    """A one-token segment (every row holds `value`) for `pack_segments`."""
     return jnp.full((b, 1), value, jnp.int32), jnp.ones((b,), jnp.int32)
 
 
-def _pack(segments: Sequence[tuple[Array, Array]], total: int, fill: int, *, right_align: bool) -> Array:
+def pack_segments(segments: Sequence[tuple[Array, Array]], total: int, fill: int, *, right_align: bool) -> Array:
     """Concatenates the valid prefix of each segment per row, then pads to `total` with `fill`.
 
     segments: (values (B, Ls), lengths (B,)). Rows are left-aligned (right-padded) or
@@ -181,8 +181,8 @@ def t2i_layout(text_ids: Array, text_len: Array, image_ids: Array, vocab: ShowoV
     n = jnp.minimum(jnp.asarray(text_len, jnp.int32), s - 2)
     if drop is not None:
         n = jnp.where(drop, 0, n)
-    prefix = _pack([_const(b, vocab.t2i_id), _const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)],
-                   s + 1, vocab.pad_id, right_align=True)
+    segments = [_const(b, vocab.t2i_id), _const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)]
+    prefix = pack_segments(segments, s + 1, vocab.pad_id, right_align=True)
     prefix_labels = jnp.where(prefix == vocab.pad_id, vocab.ignore_id, prefix)
     image_ids = jnp.asarray(image_ids, jnp.int32)
     if image_mask is None:
@@ -224,7 +224,7 @@ def mmu_layout(image_ids: Array, text_ids: Array, text_len: Array, vocab: ShowoV
     b = text_ids.shape[0]
     n = jnp.minimum(jnp.asarray(text_len, jnp.int32), max_text_len - 2)
     segments = [_const(b, vocab.bos_id), (text_ids, n), _const(b, vocab.eos_id)]
-    text = _pack(segments, max_text_len, vocab.pad_id, right_align=False)
+    text = pack_segments(segments, max_text_len, vocab.pad_id, right_align=False)
     prefix = _image_prefix(image_ids, vocab)
     labels = jnp.concatenate([jnp.full_like(prefix, vocab.ignore_id),
                               jnp.where(text == vocab.pad_id, vocab.ignore_id, text)], axis=1)
@@ -242,8 +242,8 @@ def mmu_instruct_layout(image_ids: Array, conv_ids: Array, conv_is_target: Array
     """
     n = jnp.minimum(jnp.asarray(conv_len, jnp.int32), max_text_len)
     conv_labels = jnp.where(conv_is_target, conv_ids, vocab.ignore_id)
-    text = _pack([(conv_ids, n)], max_text_len, vocab.pad_id, right_align=False)
-    text_labels = _pack([(conv_labels, n)], max_text_len, vocab.ignore_id, right_align=False)
+    text = pack_segments([(conv_ids, n)], max_text_len, vocab.pad_id, right_align=False)
+    text_labels = pack_segments([(conv_labels, n)], max_text_len, vocab.ignore_id, right_align=False)
     prefix = _image_prefix(image_ids, vocab)
     labels = jnp.concatenate([jnp.full_like(prefix, vocab.ignore_id), text_labels], axis=1)
     return jnp.concatenate([prefix, text], axis=1), labels
@@ -267,7 +267,7 @@ def mmu_prompt_layout(image_ids: Array, question_ids: Array, question_len: Array
     prefix = _image_prefix(image_ids, vocab)
     full = jnp.full((b,), prefix.shape[1], jnp.int32)
     segments = [(prefix, full), _const(b, vocab.bos_id), (question_ids, jnp.asarray(question_len, jnp.int32))]
-    return _pack(segments, total, vocab.pad_id, right_align=True)
+    return pack_segments(segments, total, vocab.pad_id, right_align=True)
 
 
 def lm_layout(text_ids: Array, text_len: Array, vocab: ShowoVocab, seq_len: int) -> tuple[Array, Array]:
@@ -280,7 +280,7 @@ def lm_layout(text_ids: Array, text_len: Array, vocab: ShowoVocab, seq_len: int)
     n = jnp.minimum(text_len, seq_len - 1)
     eos_len = (text_len + 2 <= seq_len).astype(jnp.int32)
     segments = [_const(b, vocab.bos_id), (text_ids, n), (jnp.full((b, 1), vocab.eos_id), eos_len)]
-    inputs = _pack(segments, seq_len, vocab.pad_id, right_align=False)
+    inputs = pack_segments(segments, seq_len, vocab.pad_id, right_align=False)
     used = 1 + n + eos_len
     labels = jnp.where(jnp.arange(seq_len)[None, :] < used[:, None], inputs, vocab.ignore_id)
     return inputs, labels

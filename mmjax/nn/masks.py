@@ -11,8 +11,9 @@ comparisons and cumulative sums, cheap elementwise work that XLA fuses. Nothing 
 batch; all shapes are static, so every function is jit-compatible and special-token ids may be Python ints or
 traced scalars.
 
-Show-o's two reference masks (`create_attention_mask_predict_next`, `create_attention_mask_for_mmu` in the
-showlab/Show-o release) are reproduced exactly, with one deliberate difference noted at `showo_mmu_mask`.
+Show-o's three reference masks (`create_attention_mask_predict_next`, `create_attention_mask_for_mmu` and, for
+the CLIP-ViT variant, `create_attention_mask_for_mmu_vit` in the showlab/Show-o release) are reproduced exactly,
+with one deliberate difference noted at `showo_mmu_mask`.
 """
 
 from __future__ import annotations
@@ -151,16 +152,49 @@ def showo_mmu_mask(ids: Array, *, eoi_id: IdLike, pad_id: IdLike | None = None) 
     return allowed[:, None]
 
 
-def showo_mask(ids: Array, *, pad_id: IdLike, soi_id: IdLike, eoi_id: IdLike, mmu_id: IdLike) -> Array:
+def showo_mmu_vit_mask(ids: Array, *, soi_id: IdLike, eoi_id: IdLike, pad_id: IdLike | None = None) -> Array:
+    """Show-o-with-CLIP-ViT's MMU mask: causal, plus the feature columns (strictly between the row's first
+    `<|soi|>` and the first `<|eoi|>` after it) visible to every row.
+
+    This is the reference's `create_attention_mask_for_mmu_vit`: for its layout `<|mmu|> system <|soi|> feats
+    <|eoi|> text` it opens columns [1 + system_len + 1, 1 + system_len + 1 + 576) of the causal mask to all rows,
+    and nothing else: `<|mmu|>`, the system prompt, `<|soi|>` and `<|eoi|>` stay causal (unlike the discrete
+    variant's `showo_mmu_mask`, where the whole prefix up to `<|eoi|>` is bidirectional). Rows before the features
+    therefore see them too, exactly as the reference's column assignment does. The reference places the span
+    by fixed offsets; here it is found per row from the delimiters, which is the same for its layout and also
+    right for left-padded batched prompts. A row without a closed soi..eoi span is plain causal.
+
+    As in `showo_mmu_mask`, pads are not masked unless `pad_id` is given (right pads follow the text, so
+    causality hides them); inference prompts, left-padded, pass it so that pad keys are hidden from real rows.
+    """
+    t = ids.shape[-1]
+    q, k = _positions(t)
+    soi = _first_index(ids == soi_id, t)
+    after_soi = jnp.arange(t)[None, :] > soi[:, None]
+    eoi = _first_index((ids == eoi_id) & after_soi, -1)
+    features = (k > soi[:, None, None]) & (k < eoi[:, None, None])
+    allowed = (k <= q) | features
+    if pad_id is not None:
+        is_pad = ids == pad_id
+        allowed = allowed & (is_pad[:, :, None] | ~is_pad[:, None, :])
+    return allowed[:, None]
+
+
+def showo_mask(ids: Array, *, pad_id: IdLike, soi_id: IdLike, eoi_id: IdLike, mmu_id: IdLike,
+               mmu_features: bool = False) -> Array:
     """The mask for a mixed Show-o training batch, choosing per row by its task token.
 
-    Rows that contain `<|mmu|>` get `showo_mmu_mask`; all other rows (T2I, LM) get `showo_t2i_mask` with
-    `rm_pad_in_image=True`, which is what the reference builds for its [t2i; lm; mmu] batch, without the
-    caller having to pass the sub-batch sizes.
+    Rows that contain `<|mmu|>` get `showo_mmu_mask` (or, with `mmu_features`, the CLIP-ViT variant's
+    `showo_mmu_vit_mask`, whose soi..eoi span holds continuous features); all other rows (T2I, LM) get
+    `showo_t2i_mask` with `rm_pad_in_image=True`, which is what the reference builds for its [t2i; lm; mmu]
+    batch, without the caller having to pass the sub-batch sizes.
     """
     is_mmu = (ids == mmu_id).any(axis=-1)[:, None, None, None]
     t2i = showo_t2i_mask(ids, pad_id=pad_id, soi_id=soi_id, eoi_id=eoi_id, rm_pad_in_image=True)
-    mmu = showo_mmu_mask(ids, eoi_id=eoi_id)
+    if mmu_features:
+        mmu = showo_mmu_vit_mask(ids, soi_id=soi_id, eoi_id=eoi_id)
+    else:
+        mmu = showo_mmu_mask(ids, eoi_id=eoi_id)
     return jnp.where(is_mmu, mmu, t2i)
 
 

@@ -111,6 +111,67 @@ def test_most_confident_tokens_are_kept_first():
     np.testing.assert_array_equal(seen[1][0], [K] * 5 + [5, 6, 7])
 
 
+def _hand_decode(logits: np.ndarray, steps: int, rng: jax.Array, generation_temperature: float,
+                 logit_temperature: float) -> list[np.ndarray]:
+    """Show-o's t2i_generate loop written out for one row from a blank canvas, numpy for every formula; only the
+    random draws come from jax, with the keys `decode` splits (key, sample, noise = split(key, 3) per step)."""
+    n = logits.shape[0]
+    cur, temp, key, states = np.full(n, K), generation_temperature, rng, []
+    for s in range(steps):
+        key, sample_key, noise_key = jax.random.split(key, 3)
+        scaled = logits / logit_temperature
+        sampled = np.asarray(jax.random.categorical(sample_key, jnp.asarray(scaled)[None], axis=-1))[0]
+        probs = np.exp(scaled - scaled.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        unknown = cur == K
+        x_hat = np.where(unknown, sampled, cur)
+        ratio = (s + 1) / steps
+        mask_len = math.floor(n * np.float32(np.cos(np.float32(ratio) * np.float32(math.pi / 2))))
+        mask_len = max(1, min(int(unknown.sum()) - 1, mask_len))
+        temp = temp * (1.0 - ratio)  # compounds: step s uses g * prod_{i <= s} (1 - r_i)
+        gumbel = np.asarray(jax.random.gumbel(noise_key, (1, n)))[0]
+        conf = np.log(np.maximum(probs[np.arange(n), x_hat], 1e-20)) + temp * gumbel
+        conf = np.where(unknown, conf, np.inf)
+        cur = np.where(np.isin(np.arange(n), np.argsort(conf, kind="stable")[:mask_len]), K, x_hat)
+        states.append(cur.copy())
+    return states
+
+
+@pytest.mark.parametrize("generation_temperature,logit_temperature", [(1.0, 1.0), (3.0, 1.0), (0.0, 0.5),
+                                                                      (2.0, 2.0)])
+def test_decode_steps_equal_the_hand_computed_reference(generation_temperature, logit_temperature):
+    """`choice_temperature` is Show-o's generation_temperature (Gumbel noise on the confidences, compounded),
+    `temperature` divides the sampling logits; the default pair (1, 1) is the reference's sampler."""
+    n, steps = 12, 4
+    logits = np.asarray(jax.random.normal(jax.random.key(11), (n, K))) * 2.0
+    seen = []
+
+    def fn(tok):
+        jax.debug.callback(lambda t: seen.append(np.asarray(t)), tok, ordered=True)
+        return jnp.asarray(logits)[None]
+
+    rng = jax.random.key(12)
+    out = maskgit.decode(fn, jnp.full((1, n), K), mask_id=K, num_steps=steps, rng=rng,
+                         temperature=logit_temperature, choice_temperature=generation_temperature)
+    hand = _hand_decode(logits, steps, rng, generation_temperature, logit_temperature)
+    for s in range(steps - 1):
+        np.testing.assert_array_equal(seen[s + 1][0], hand[s])
+    np.testing.assert_array_equal(np.asarray(out.num_masked[0]), [(h == K).sum() for h in hand])
+
+
+def test_generation_temperature_only_reorders_which_tokens_stay():
+    """The Gumbel temperature never changes the sampled tokens (same keys), only which of them are kept; the
+    logit temperature changes the samples themselves."""
+    n = 64
+    logits = jax.random.normal(jax.random.key(13), (1, n, K)) * 2.0
+    fn = lambda tok: logits
+    run = lambda **kw: maskgit.decode(fn, jnp.full((1, n), K), mask_id=K, num_steps=1, rng=jax.random.key(14), **kw)
+    base, noisy, sharp = run(), run(choice_temperature=50.0), run(temperature=0.0)
+    np.testing.assert_array_equal(base.tokens, noisy.tokens)  # one step: every sample is returned
+    np.testing.assert_array_equal(sharp.tokens, jnp.argmax(logits, -1))
+    assert (np.asarray(base.tokens) != np.asarray(sharp.tokens)).any()
+
+
 @pytest.mark.parametrize("rule", maskgit.RULES)
 def test_training_mask_exact_counts(rule):
     batch, n = 64, 256

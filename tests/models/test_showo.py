@@ -150,25 +150,64 @@ def test_mmu_generation_with_cache_equals_the_reference_loop():
         np.testing.assert_array_equal(out.tokens[row], _reference_mmu(model, params, codes[row], q, 5))
 
 
-def test_clip_variant_splices_projected_features():
+def test_clip_variant_splices_projected_features_under_the_reference_mask():
     model, params = _tiny(w_clip_vit=True)
     assert set(params["mm_projector"]) == {"fc1", "fc2"}
     feats = jax.random.normal(jax.random.key(6), (2, 3, 16))
-    system, question = jnp.full((2, 2), 7), jnp.full((2, 4), 9)
+    system, question = (7, 8), jnp.array([[9, 10, 11, 12], [9, 10, 0, 0]])
 
     @jax.jit
     def run(params):
-        ids, embeds, mask = so.clip_mmu_inputs(model, params, feats, system, question)
+        ids, valid, embeds, mask = so.mmu_vit_prompt(model, params, feats, system, question, jnp.array([4, 2]))
         projected = model.apply({"params": params}, feats, method=so.Showo.project_features)
         token_embeds = model.apply({"params": params}, ids, method=so.Showo.embed)
-        logits = model.apply({"params": params}, None, embeds=embeds, mask=mask, is_causal=False)
-        return ids, embeds, mask, projected, token_embeds, logits
+        return ids, valid, embeds, mask, projected, token_embeds
 
-    ids, embeds, mask, projected, token_embeds, logits = run(params)
-    assert ids.shape == (2, 1 + 2 + 1 + 3 + 1 + 4) and embeds.shape == (*ids.shape, model.cfg.hidden_size)
-    np.testing.assert_allclose(embeds[:, 4:7], projected, atol=1e-6)
-    np.testing.assert_allclose(embeds[:, 7:], token_embeds[:, 7:], atol=1e-6)
-    # Every key before <|eoi|> (index 7) is visible to every row; the rest is causal.
-    m = np.asarray(mask[0, 0])
-    assert m[0, :7].all() and not m[0, 7:].any() and m[-1].all() and not m[7, 8:].any()
-    assert logits.shape == (2, ids.shape[1], VOCAB.vocab_size)
+    ids, valid, embeds, mask, projected, token_embeds = run(params)
+    v = VOCAB
+    np.testing.assert_array_equal(ids[0], [v.mmu_id, 7, 8, v.soi_id, *[v.mask_id] * 3, v.eoi_id, 9, 10, 11, 12])
+    np.testing.assert_array_equal(ids[1, :2], [v.pad_id] * 2)  # left-padded: row 1's prompt is 2 shorter
+    np.testing.assert_array_equal(valid, ids != v.pad_id)
+    np.testing.assert_allclose(embeds[0, 4:7], projected[0], atol=1e-6)
+    np.testing.assert_allclose(embeds[1, 6:9], projected[1], atol=1e-6)
+    np.testing.assert_allclose(embeds[0, 7:], token_embeds[0, 7:], atol=1e-6)
+    # create_attention_mask_for_mmu_vit for system_len 2 and 3 features: causal + columns 4..6 for every row.
+    expected = np.tril(np.ones((12, 12), bool))
+    expected[:, 4:7] = True
+    np.testing.assert_array_equal(mask[0, 0], expected)
+    np.testing.assert_array_equal(mask[1, 0, 2:, 2:], expected[:10, :10] | np.eye(10, dtype=bool))
+    assert not np.asarray(mask[1, 0, 2:, :2]).any()
+
+
+def _reference_mmu_vit(model, params, feats, system, question, new):
+    """The reference's CLIP loop: batch 1, no cache; every step re-runs the whole embedding sequence (the new
+    token's embedding appended) under create_attention_mask_for_mmu_vit grown by one causal row."""
+    v, f = VOCAB, feats.shape[0]
+    ids = jnp.asarray([[v.mmu_id, *system, v.soi_id, v.eoi_id, *question]])
+    variables = {"params": params}
+    tok = model.apply(variables, ids, method=so.Showo.embed)
+    proj = model.apply(variables, feats[None], method=so.Showo.project_features)
+    split = 2 + len(system)
+    embeds = jnp.concatenate([tok[:, :split], proj, tok[:, split:]], axis=1)
+    run = jax.jit(lambda e, m: model.apply(variables, None, embeds=e, mask=m, is_causal=False))
+    out = []
+    for _ in range(new):
+        length = embeds.shape[1]
+        mask = np.tril(np.ones((length, length), bool))
+        mask[:, split:split + f] = True
+        nxt = int(jnp.argmax(run(embeds, jnp.asarray(mask)[None, None])[0, -1]))
+        out.append(nxt)
+        embeds = jnp.concatenate([embeds, model.apply(variables, jnp.asarray([[nxt]]), method=so.Showo.embed)], 1)
+    return out
+
+
+def test_clip_variant_generation_with_cache_equals_the_reference_loop():
+    model, params = _tiny(w_clip_vit=True)
+    feats = jax.random.normal(jax.random.key(7), (2, 3, 16)) * 3.0
+    system = (7, 8, 9)
+    questions = [[11, 12, 13, 14, 15], [20, 21]]
+    qids = jnp.asarray([q + [0] * (5 - len(q)) for q in questions])
+    out = so.mmu_vit_generate(model, params, feats, system, qids, jnp.asarray([5, 2]), max_new_tokens=5,
+                              stop_tokens=(VOCAB.vocab_size + 1,))
+    for row, q in enumerate(questions):
+        np.testing.assert_array_equal(out.tokens[row], _reference_mmu_vit(model, params, feats[row], system, q, 5))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax.models import showo_layout as sl
+from mmjax.models import showo_vit_layout as vl
 from mmjax.nn import masks
 
 V = sl.ShowoVocab()
@@ -204,6 +205,34 @@ def test_mmu_instruct_labels_and_truncation():
     np.testing.assert_array_equal(labels[0], [IGN] * (n + 2) + [IGN, IGN, IGN, 13, 14, 15, IGN])
     np.testing.assert_array_equal(ids[1, n + 3:], [21, 22, 23, 24, 25, 26])  # cut at S, no eos added
     np.testing.assert_array_equal(labels[1, n + 3:], [IGN, 22, IGN, 24, 25, 26])
+
+
+@pytest.mark.parametrize("system", [(), (7, 8, 9)])
+def test_mmu_vit_rows_labels_slots_and_truncation(system):
+    """`<|mmu|> system <|soi|> F slots <|eoi|> conv` (train_w_clip_vit.py), only targets labelled, cut at the budget."""
+    f, text_len = 4, 6
+    conv = jnp.array([[11, 12, 13, 14, 15, 0, 0, 0], [21, 22, 23, 24, 25, 26, 27, 28]])
+    target = jnp.array([[0, 0, 1, 1, 1, 0, 0, 0], [0, 1, 0, 1, 1, 1, 1, 1]], bool)
+    ids, labels, slots = vl.mmu_vit_layout(conv, target, jnp.array([5, 8]), system, f, V, text_len)
+    k = len(system)
+    assert ids.shape == labels.shape == slots.shape == (2, 1 + k + 1 + f + 1 + text_len)
+    head = [V.mmu_id, *system, V.soi_id, *[V.mask_id] * f, V.eoi_id]
+    np.testing.assert_array_equal(ids[0], [*head, 11, 12, 13, 14, 15, V.pad_id])
+    np.testing.assert_array_equal(ids[1, len(head):], [21, 22, 23, 24, 25, 26])  # cut at text_len, no eos added
+    np.testing.assert_array_equal(labels[0], [IGN] * len(head) + [IGN, IGN, 13, 14, 15, IGN])
+    np.testing.assert_array_equal(labels[1, len(head):], [IGN, 22, IGN, 24, 25, 26])
+    np.testing.assert_array_equal(np.nonzero(np.asarray(slots[0]))[0], np.arange(k + 2, k + 2 + f))
+    np.testing.assert_array_equal(slots[0], slots[1])
+
+
+def test_mmu_vit_prompt_is_left_padded_with_slots_per_row():
+    question = jnp.array([[31, 32, 33], [41, 0, 0]])
+    ids, slots = vl.mmu_vit_prompt_layout((7,), 2, question, jnp.array([3, 1]), V)
+    head = [V.mmu_id, 7, V.soi_id, V.mask_id, V.mask_id, V.eoi_id]
+    np.testing.assert_array_equal(ids[0], [*head, 31, 32, 33])
+    np.testing.assert_array_equal(ids[1], [V.pad_id, V.pad_id, *head, 41])
+    np.testing.assert_array_equal(np.nonzero(np.asarray(slots[1]))[0], [5, 6])
+    assert vl.mmu_vit_question_text("What is it?") == "USER: What is it? ASSISTANT:"
 
 
 def test_mmu_prompt_is_left_padded_and_mask_is_padding_invariant():

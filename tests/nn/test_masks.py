@@ -18,6 +18,7 @@ t2i_mask = jax.jit(lambda ids: masks.showo_t2i_mask(ids, **IDS, rm_pad_in_image=
 t2i_mask_keep_pads = jax.jit(lambda ids: masks.showo_t2i_mask(ids, **IDS, rm_pad_in_image=False))
 mmu_mask = jax.jit(lambda ids: masks.showo_mmu_mask(ids, eoi_id=EOI))
 omni = jax.jit(lambda ids: masks.omni_mask(ids, **IDS))
+vit_mask = jax.jit(lambda ids: masks.showo_mmu_vit_mask(ids, soi_id=SOI, eoi_id=EOI))
 
 
 def as_np(mask: jax.Array) -> np.ndarray:
@@ -59,6 +60,15 @@ def ref_mmu(ids: np.ndarray, row0_eoi: bool = False) -> np.ndarray:
         for q in range(t):
             for k in range(t):
                 out[r, q, k] = k <= q or k <= e
+    return out
+
+
+def ref_mmu_vit(length: int, system_len: int, num_features: int) -> np.ndarray:
+    """create_attention_mask_for_mmu_vit, transcribed: a lower triangle whose columns
+    [1 + system_len + 1, 1 + system_len + 1 + num_features) are set for every row (by fixed offsets)."""
+    out = np.tril(np.ones((length, length), bool))
+    start = 1 + system_len + 1
+    out[:, start:start + num_features] = True
     return out
 
 
@@ -105,6 +115,15 @@ def mmu_row(rng: np.random.Generator, n: int, length: int) -> list[int]:
     return row + [PAD] * (length - len(row))
 
 
+def mmu_vit_row(rng: np.random.Generator, system_len: int, num_features: int, length: int) -> list[int]:
+    """`<|mmu|> system <|soi|> feats <|eoi|> text [PAD]...`, the CLIP-ViT variant's MMU row (feature slots hold
+    any id: their embeddings are replaced by the projected features)."""
+    system = list(rng.choice(WORDS, size=system_len))
+    text = list(rng.choice(WORDS, size=rng.integers(1, 4)))
+    row = [MMU, *system, SOI, *rng.choice([M, *WORDS], size=num_features), EOI, *text, EOS]
+    return row + [PAD] * (length - len(row))
+
+
 def interleaved_row(rng: np.random.Generator, length: int) -> list[int]:
     """Well-formed text / image interleaving (several spans, maybe one left open) with pads anywhere."""
     row: list[int] = []
@@ -143,6 +162,38 @@ def test_mmu_reference_example():
     for q in range(5, 9):
         expected[q, 5:q + 1] = 1  # plus causal
     np.testing.assert_array_equal(as_np(mmu_mask(ids))[0].astype(int), expected)
+
+
+def test_mmu_vit_reference_example():
+    """Only the feature columns open up: <|mmu|>, the system prompt, <|soi|> and <|eoi|> stay causal."""
+    ids = jnp.array([[MMU, 8, 9, SOI, M, M, M, EOI, 10, 11, PAD]])  # system_len 2, 3 features at 4..6
+    expected = np.tril(np.ones((11, 11), int))
+    expected[:, 4:7] = 1  # every row, even <|mmu|> at 0, sees the three feature columns
+    np.testing.assert_array_equal(as_np(vit_mask(ids))[0].astype(int), expected)
+    m = as_np(vit_mask(ids))[0]
+    assert not m[0, 1:4].any() and not m[4, 7] and not m[5, 7]  # prefix tokens are causal, eoi is not opened
+    assert as_np(mmu_mask(ids))[0, 0, :8].all()  # whereas the discrete variant's rule opens 0..7 to row 0
+
+
+@pytest.mark.parametrize("system_len,num_features", [(0, 4), (2, 3), (5, 1), (4, 6)])
+def test_mmu_vit_rows_match_the_reference_offsets(system_len, num_features):
+    rng = np.random.default_rng(system_len * 10 + num_features)
+    length = 1 + system_len + 2 + num_features + 6
+    ids = np.array([mmu_vit_row(rng, system_len, num_features, length) for _ in range(4)])
+    got = as_np(vit_mask(jnp.asarray(ids)))
+    for row in got:
+        np.testing.assert_array_equal(row, ref_mmu_vit(length, system_len, num_features))
+
+
+def test_mmu_vit_left_padded_prompts_hide_pads_and_match_the_unpadded_row():
+    core = [MMU, 8, SOI, M, M, EOI, 9, 10]
+    padded = jnp.asarray([[PAD, PAD, PAD, *core], [MMU, 8, 9, 10, SOI, M, M, EOI, 9, 10, 11]])
+    got = as_np(masks.showo_mmu_vit_mask(padded, soi_id=SOI, eoi_id=EOI, pad_id=PAD))
+    np.testing.assert_array_equal(got[0][3:, 3:], ref_mmu_vit(len(core), 1, 2))
+    assert not got[0][3:, :3].any()
+    np.testing.assert_array_equal(got[1], ref_mmu_vit(11, 3, 2))
+    no_span = as_np(vit_mask(jnp.asarray([[MMU, 8, SOI, M, 9, PAD], [MMU, 8, EOI, M, SOI, 9]])))
+    np.testing.assert_array_equal(no_span, np.broadcast_to(np.tril(np.ones((6, 6), bool)), (2, 6, 6)))
 
 
 # ----------------------------------------------------------------------------------- random vs transcription
@@ -215,7 +266,8 @@ def test_no_row_is_fully_masked():
     ids = jnp.asarray(np.array([soup_row(rng, 10) for _ in range(32)] + [[PAD] * 10]))
     valid = jnp.asarray(rng.random((33, 10)) < 0.5)
     for mask in (t2i_mask(ids), t2i_mask_keep_pads(ids), mmu_mask(ids), omni(ids),
-                 masks.showo_mmu_mask(ids, eoi_id=EOI, pad_id=PAD), masks.padding_mask(valid),
+                 masks.showo_mmu_mask(ids, eoi_id=EOI, pad_id=PAD), vit_mask(ids),
+                 masks.showo_mmu_vit_mask(ids, soi_id=SOI, eoi_id=EOI, pad_id=PAD), masks.padding_mask(valid),
                  masks.causal_mask(10) & masks.padding_mask(valid)):
         assert np.asarray(mask).any(axis=-1).all()
 
@@ -277,6 +329,11 @@ def test_showo_mask_picks_the_mmu_rule_for_mmu_rows():
     got = as_np(masks.showo_mask(ids, **IDS, mmu_id=MMU))
     np.testing.assert_array_equal(got[:2], as_np(t2i_mask(ids))[:2])
     np.testing.assert_array_equal(got[2], as_np(mmu_mask(ids))[2])
+    clip_rows = [rows[0], rows[1], mmu_vit_row(rng, 1, 2, length)]
+    clip_ids = jnp.asarray(np.array(clip_rows))
+    got = as_np(masks.showo_mask(clip_ids, **IDS, mmu_id=MMU, mmu_features=True))
+    np.testing.assert_array_equal(got[:2], as_np(t2i_mask(clip_ids))[:2])
+    np.testing.assert_array_equal(got[2], ref_mmu_vit(length, 1, 2))
 
 
 def test_bias_and_boolean_masks_give_the_same_attention():

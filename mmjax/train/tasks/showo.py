@@ -11,20 +11,22 @@ MTP (showo.md): each T2I image gets t ~ U(0,1), k = max(1, round(N cos(pi t / 2)
 mask are built from ids inside the jitted step; images are tokenized there too, by the frozen tokenizer held in
 `model_state["tokenizer"]` (or come pre-tokenized, see showo_batches).
 
+Show-o with CLIP-ViT (`model.w_clip_vit`, `config.vision`, see showo_clip): MMU rows read a frozen CLIP tower's
+features through the trainable `mm_projector` instead of image tokens: `<|mmu|> system <|soi|> features <|eoi|>
+text`, their embeddings spliced in the step, under the reference's CLIP mask (only the feature columns opened);
+T2I and LM rows are unchanged. `showo.system_prompt` is the text between `<|mmu|>` and `<|soi|>` (the reference's
+stage-2 system prompt), and the MMU text budget shrinks so all rows keep the length S + N + 3.
+
 Metrics: t2i_loss / lm_loss / mmu_loss, `t2i_masked_acc` (argmax accuracy on masked image tokens),
-`mmu_token_acc` and `lm_token_acc`. Evaluation (`evaluate`): eval losses, then T2I samples for held-out prompts
-(MaskGIT decoding, CFG) judged by `mmjax.eval.shapes_check` when the prompts are synthetic shapes -> `t2i_match`
-(colour AND shape right), and greedy MMU answers to held-out questions -> `mmu_accuracy` (exact match after VQA
-normalisation). Samples go to `workdir/samples/t2i_<step>.png` and `answers_<step>.jsonl`.
+`mmu_token_acc` and `lm_token_acc`. Evaluation: see showo_eval (T2I samples and MMU answers, seen vs unseen).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +38,19 @@ from mmjax import configlib
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
+from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
 from mmjax.train.tasks import showo_batches as sb
+from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
+from mmjax.train.tasks.showo_clip import ClipTower
+from mmjax.train.tasks.showo_examples import ExampleBuilder
 
-log = logging.getLogger(__name__)
 SHOWO_FIELDS = ("max_text_len", "mix", "t2i_coeff", "lm_coeff", "mmu_coeff", "cond_dropout_prob",
-                "min_masking_rate", "mask_schedule", "label_smoothing")
-EVAL_FIELDS = ("num_t2i", "num_mmu", "t2i_steps", "guidance_scale", "temperature", "max_new_tokens", "loss_batches",
-               "batch", "seed")
+                "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt")
+EVAL_FIELDS = ("num_t2i", "num_mmu", "t2i_steps", "guidance_scale", "generation_temperature", "logit_temperature",
+               "max_new_tokens", "loss_batches", "batch", "seed")
 MODEL_EXTRA = ("preset", "w_clip_vit")
 
 
@@ -85,6 +90,17 @@ def ntp_sums(logits: jax.Array, labels: jax.Array, part: str, smoothing: float =
     return {f"{part}_nll": nll, f"{part}_correct": correct, f"{part}_count": count}
 
 
+class Rows(NamedTuple):
+    """The [t2i; lm; mmu] rows of a step, all of length S + N + 3. `mmu_features` (B_mmu, F, C) / `mmu_slots`
+    (B_mmu, T) are set for the CLIP-ViT variant: the features to splice into the MMU rows' embeddings."""
+
+    ids: jax.Array
+    labels: jax.Array
+    sizes: dict[str, int]
+    mmu_features: jax.Array | None = None
+    mmu_slots: jax.Array | None = None
+
+
 class ShowoTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -111,7 +127,11 @@ class ShowoTask(Task):
             raise configlib.ConfigError(f"vocab.codebook_size {self.vocab.codebook_size} != the tokenizer's "
                                         f"{self.vq_config.num_codes} codes")
         self.lm_config = lm_config_from(config.model, self.vocab.vocab_size)
-        self.model = showo_model.Showo(self.lm_config, self.vocab, w_clip_vit=bool(config.model.w_clip_vit))
+        self.clip = ClipTower(config.vision) if config.model.w_clip_vit else None
+        if self.clip is None and "vision" in config:
+            raise configlib.ConfigError("config.vision is set but model.w_clip_vit is False")
+        self.model = showo_model.Showo(self.lm_config, self.vocab, w_clip_vit=self.clip is not None,
+                                       clip_hidden_size=self.clip.width if self.clip else 1024)
         self.pretokenized = bool(config.tokenizer.pretokenize)
         self._splits: dict[str, sb.ShowoBatches] = {}
         self._tok_vars: Any = None
@@ -126,6 +146,27 @@ class ShowoTask(Task):
                                         f"config.vocab.text_vocab_size is {self.vocab.text_vocab_size}")
         return self._text_tok
 
+    @functools.cached_property
+    def system_ids(self) -> tuple[int, ...]:
+        """The tokenized `showo.system_prompt` between `<|mmu|>` and `<|soi|>` of CLIP-ViT MMU rows."""
+        prompt = self.config.showo.system_prompt
+        if prompt and self.clip is None:
+            raise configlib.ConfigError("showo.system_prompt is only read by the CLIP-ViT variant (model.w_clip_vit)")
+        return tuple(int(t) for t in self.text.encode(prompt)) if prompt else ()
+
+    @functools.cached_property
+    def mmu_text_len(self) -> int:
+        """Text tokens of an MMU row: S, or with CLIP features S + N - F - len(system), so every row is S + N + 3
+        long (the reference's `max_seq_length - (576 - num_vq_tokens)`, minus the system prompt in stage 2)."""
+        if self.clip is None:
+            return self.s
+        budget = self.s + self.n - self.clip.num_features - len(self.system_ids)
+        if budget < 8:
+            raise configlib.ConfigError(f"showo.max_text_len={self.s} leaves {budget} MMU text tokens next to "
+                                        f"{self.clip.num_features} CLIP features and a {len(self.system_ids)}-token "
+                                        "system prompt; raise it")
+        return budget
+
     def tokenizer_variables(self) -> Any:
         if self._tok_vars is None:
             self._tok_vars = sb.load_tokenizer_variables(self.config.tokenizer, self.vq_config, self._tokenizer_key)
@@ -133,10 +174,14 @@ class ShowoTask(Task):
 
     def batches(self, split: str) -> sb.ShowoBatches:
         if split not in self._splits:
-            builder = sb.ExampleBuilder(self.config.data[split], self.text, self.vocab, self.s, self.seq_len,
-                                        self.image_size)
-            encode = sb.encoder_fn(self.vq_model, self.tokenizer_variables()) if self.pretokenized else None
-            self._splits[split] = sb.ShowoBatches(self.config.data[split], self.mix, builder, encode)
+            builder = ExampleBuilder(self.config.data[split], self.text, self.vocab, self.s, self.seq_len,
+                                     self.image_size, self.mmu_text_len, self.clip)
+            encoders = None
+            if self.pretokenized:
+                encoders = {"image": sb.encoder_fn(self.vq_model, self.tokenizer_variables())}
+                if self.clip is not None:
+                    encoders["clip_image"] = lambda px: self.clip.features(self.clip.variables(), px)
+            self._splits[split] = sb.ShowoBatches(self.config.data[split], self.mix, builder, encoders)
         return self._splits[split]
 
     def source(self, split: str) -> Any:
@@ -146,28 +191,35 @@ class ShowoTask(Task):
         return self.batches("train" if rng is not None else "eval").bundle(record["index"], rng)
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        spec = sb.bundle_spec(self.mix, self.s, self.seq_len, self.image_size, self.n, self.pretokenized)
+        spec = sb.bundle_spec(self.mix, self.s, self.seq_len, self.image_size, self.n, self.pretokenized,
+                              self.mmu_text_len, self.clip)
         return {k: np.zeros((batch_size, *shape), dtype) for k, (shape, dtype) in spec.items()}
 
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
-        lm_rng, tok_rng = jax.random.split(rng)
+        lm_rng, tok_rng, clip_rng = jax.random.split(rng, 3)
         params = self.model.init(lm_rng, jnp.zeros((1, self.seq_len), jnp.int32))["params"]
         images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-        return {"params": params, "tokenizer": self.vq_model.init(tok_rng, images)}
+        out = {"params": params, "tokenizer": self.vq_model.init(tok_rng, images)}
+        if self.clip is not None:
+            out["vision_tower"] = self.clip.init(clip_rng)
+        return out
 
     def pretrained_variables(self) -> dict[str, Any] | None:
         out: dict[str, Any] = {"tokenizer": self.tokenizer_variables()}
+        if self.clip is not None:
+            out["vision_tower"] = self.clip.variables()
         init = self.config.init
         if init.showo:
             from mmjax.convert.showo import load_showo_params
 
-            out["params"] = load_showo_params(init.showo, self.lm_config, w_clip_vit=bool(self.config.model.w_clip_vit))
+            out["params"] = load_showo_params(init.showo, self.lm_config, w_clip_vit=self.clip is not None)
         elif init.run:
             from mmjax.train.checkpoint import load_params
 
             with open(os.path.join(init.run, "config.json")) as f:
                 key = "ema_params" if json.load(f).get("ema_decay") else "params"
+            # A run without mm_projector (the CLIP-ViT variant's stage 1 from pre-training) keeps the fresh one.
             out["params"] = jax.tree.map(np.asarray, load_params(init.run, key=key))
         elif init.lm:
             from mmjax.convert.showo import phi_to_showo_params
@@ -184,12 +236,17 @@ class ShowoTask(Task):
         ids = self.vq_model.apply(model_state["tokenizer"], images, method=VQModel.encode)[1]
         return jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1)).astype(jnp.int32)
 
-    def build_rows(self, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
-                   ) -> tuple[jax.Array, jax.Array, dict[str, int]]:
-        """(ids, labels, sub-batch sizes) of the [t2i; lm; mmu] rows, all of length S + N + 3."""
+    def _clip_features(self, model_state: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        flat = lambda x: x.reshape((-1, *x.shape[2:]))
+        if "mmu_clip" in batch:
+            return flat(batch["mmu_clip"])
+        return showo_model.clip_features(self.clip.model, model_state["vision_tower"], flat(batch["mmu_clip_image"]))
+
+    def build_rows(self, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> Rows:
+        """The [t2i; lm; mmu] rows (ids, labels, sub-batch sizes), all of length S + N + 3."""
         cfg, v, s = self.config.showo, self.vocab, self.s
         flat = lambda x: x.reshape((-1, *x.shape[2:]))
-        rows, labels, sizes = [], [], {}
+        rows, labels, sizes, features, slots = [], [], {}, None, None
         if self.mix["t2i"]:
             mask_rng, drop_rng = jax.random.split(rng)
             codes = self._codes(model_state, batch, "t2i")
@@ -205,27 +262,44 @@ class ShowoTask(Task):
             rows.append(ids), labels.append(lab)
             sizes["lm"] = ids.shape[0]
         if self.mix["mmu"]:
-            codes = self._codes(model_state, batch, "mmu")
-            ids, lab = layout.mmu_instruct_layout(v.image_token(codes), flat(batch["mmu_conv"]),
-                                                  flat(batch["mmu_target"]), flat(batch["mmu_conv_len"]), v, s)
+            conv = (flat(batch["mmu_conv"]), flat(batch["mmu_target"]), flat(batch["mmu_conv_len"]))
+            if self.clip is None:
+                codes = self._codes(model_state, batch, "mmu")
+                ids, lab = layout.mmu_instruct_layout(v.image_token(codes), *conv, v, s)
+            else:
+                features = self._clip_features(model_state, batch)
+                ids, lab, slots = vit_layout.mmu_vit_layout(*conv, self.system_ids, self.clip.num_features, v,
+                                                        self.mmu_text_len)
             rows.append(ids), labels.append(lab)
             sizes["mmu"] = ids.shape[0]
-        return jnp.concatenate(rows), jnp.concatenate(labels), sizes
+        return Rows(jnp.concatenate(rows), jnp.concatenate(labels), sizes, features, slots)
+
+    def logits(self, params: Any, rows: Rows) -> jax.Array:
+        """Logits of all rows; CLIP-ViT MMU rows (the last ones) get their features spliced into the embeddings."""
+        variables = {"params": params}
+        if rows.mmu_features is None:
+            return self.model.apply(variables, rows.ids)
+        m = rows.sizes["mmu"]
+        embeds = self.model.apply(variables, rows.ids[:-m], method=showo_model.Showo.embed)
+        mmu = self.model.apply(variables, rows.ids[-m:], rows.mmu_features, rows.mmu_slots,
+                               method=showo_model.Showo.embed_with_features)
+        mask = self.model.apply(variables, rows.ids, method=showo_model.Showo.attention_mask)
+        return self.model.apply(variables, None, embeds=jnp.concatenate([embeds, mmu]), mask=mask, is_causal=False)
 
     def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
         """Per-part sums and counts: {part}_nll, {part}_correct, {part}_count (t2i: masked image tokens only for
         the accuracy; the loss also counts soi/eoi, as the reference)."""
-        ids, labels, sizes = self.build_rows(model_state, batch, rng)
-        logits = self.model.apply({"params": params}, ids)
+        rows = self.build_rows(model_state, batch, rng)
+        logits = self.logits(params, rows)
         smoothing = self.config.showo.label_smoothing
         out: dict[str, jax.Array] = {}
         start = 0
         for part in sb.PARTS:
-            if part not in sizes:
+            if part not in rows.sizes:
                 continue
-            lg, lab = logits[start:start + sizes[part]], labels[start:start + sizes[part]]
-            start += sizes[part]
+            lg, lab = logits[start:start + rows.sizes[part]], rows.labels[start:start + rows.sizes[part]]
+            start += rows.sizes[part]
             if part == "t2i":
                 out.update(mtp_sums(lg, lab, self.s, self.vocab, smoothing))
             else:
@@ -249,102 +323,33 @@ class ShowoTask(Task):
                 metrics[f"{part}_token_acc"] = sums[f"{part}_correct"] / jnp.maximum(sums[f"{part}_count"], 1.0)
         return total, (metrics, model_state)
 
-    # -- evaluation -----------------------------------------------------------------------------------------------
+    # -- evaluation (showo_eval) --------------------------------------------------------------------------------
     def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
-        """Eval losses on `eval.loss_batches` bundles, then T2I samples and MMU answers (see the module doc)."""
-        ev, out = self.config.eval, {}
-        if ev.loss_batches:
-            sums: dict[str, float] = {}
-            source = sb.BundleSource(len(self.batches("eval")))
-            for i, batch in enumerate(ctx.batches(source, self.preprocess, limit=ev.loss_batches * ctx.batch_size)):
-                batch.pop("valid")
-                for k, val in self._eval_losses(params, model_state, batch, jax.random.key(ev.seed + i)).items():
-                    sums[k] = sums.get(k, 0.0) + float(val)
-            for part in sb.PARTS:
-                if f"{part}_nll" in sums:
-                    out[f"{part}_loss"] = sums[f"{part}_nll"] / max(sums[f"{part}_count"], 1.0)
-            if "t2i_masked" in sums:
-                out["t2i_masked_acc"] = sums["t2i_correct"] / max(sums["t2i_masked"], 1.0)
-        samples = os.path.join(ctx.workdir, "samples")
-        if ev.num_t2i and self.mix["t2i"]:
-            out.update(self._eval_t2i(params, model_state, os.path.join(samples, f"t2i_{ctx.step}.png")))
-        if ev.num_mmu and self.mix["mmu"]:
-            out.update(self._eval_mmu(params, model_state, os.path.join(samples, f"answers_{ctx.step}.jsonl")))
-        return out
+        return showo_eval.evaluate(self, params, model_state, ctx)
 
     @functools.cached_property
-    def _eval_losses(self):
+    def eval_losses(self):
         return jax.jit(self.losses)
 
     def generate_images(self, params: Any, model_state: Any, prompts: list[str], rng: jax.Array,
                         canvas: np.ndarray | None = None) -> np.ndarray:
-        """uint8 images (len(prompts), H, W, 3) for the prompts, `eval.batch` at a time (fixed shapes)."""
-        ev, b = self.config.eval, int(self.config.eval.batch)
-        images = []
-        for start in range(0, len(prompts), b):
-            chunk = prompts[start:start + b]
-            chunk = chunk + [chunk[-1]] * (b - len(chunk))
-            text, lens = self.text_batch(chunk, self.s)
-            init = showo_model.blank_canvas(b, self.n, self.vocab) if canvas is None else canvas[start:start + b]
-            codes = showo_model.t2i_generate(self.model, params, text, lens, init, jax.random.fold_in(rng, start),
-                                             max_text_len=self.s, num_steps=ev.t2i_steps,
-                                             guidance_scale=float(ev.guidance_scale),
-                                             temperature=float(ev.temperature)).tokens
-            images.append(self.decode_codes(model_state, codes)[: len(prompts) - start])
-        return np.concatenate(images)
+        """uint8 images (len(prompts), H, W, 3) for the prompts."""
+        return showo_eval.generate_images(self, params, model_state, prompts, rng, canvas)
 
-    def answer(self, params: Any, model_state: Any, codes: jax.Array, questions: list[str]) -> list[str]:
-        """Greedy answers to questions about tokenized images, `eval.batch` at a time."""
-        b, answers = int(self.config.eval.batch), []
-        width = max(len(self.text.encode(layout.mmu_question_text(q))) for q in questions)
-        for start in range(0, len(questions), b):
-            qs = questions[start:start + b]
-            qs = qs + [qs[-1]] * (b - len(qs))
-            c = codes[start:start + b]
-            c = jnp.concatenate([c, jnp.repeat(c[-1:], b - c.shape[0], 0)]) if c.shape[0] < b else c
-            qids, qlen = self.text_batch([layout.mmu_question_text(q) for q in qs], width)
-            out = showo_model.mmu_generate(self.model, params, c, qids, qlen,
-                                           max_new_tokens=int(self.config.eval.max_new_tokens))
-            for row, n in zip(np.asarray(out.tokens), np.asarray(out.lengths)):
-                ids = [int(t) for t in row[:n] if t < self.vocab.text_vocab_size and t != self.vocab.eos_id]
-                answers.append(self.text.decode(ids, skip_special_tokens=True).strip())
-        return answers[: len(questions)]
-
-    def _eval_t2i(self, params: Any, model_state: Any, grid_path: str) -> dict[str, float]:
-        from mmjax.data.shapes import ShapesSource
-        from mmjax.eval import geneval, shapes_check
-
-        data = self.batches("eval")
-        source = data.sources["t2i"]
-        n = min(int(self.config.eval.num_t2i), len(source))
-        prompts = [data.builder.caption("t2i", source[i]) for i in range(n)]
-        images = self.generate_images(params, model_state, prompts, jax.random.key(self.config.eval.seed))
-        os.makedirs(os.path.dirname(grid_path), exist_ok=True)
-        geneval.save_png(geneval.image_grid(list(images), cols=8), grid_path)
-        if not isinstance(source, ShapesSource):
-            return {}
-        kw = dict(colours=source.config.colours, shapes=source.config.shapes)
-        return shapes_check.score_prompts(list(images), prompts, **kw)
-
-    def _eval_mmu(self, params: Any, model_state: Any, answers_path: str) -> dict[str, float]:
-        from mmjax.eval.vqa import normalize_vqa_answer
-
-        source = self.batches("eval").sources["mmu"]
-        records = [source[i] for i in range(min(int(self.config.eval.num_mmu), len(source)))]
-        if not records or not {"question", "answer"} <= set(records[0]):
-            return {}
-        pixels = np.stack([sb.load_image(r["image"], self.image_size, "mmu eval image") for r in records])
-        codes = self.encode_images(model_state, pixels)
-        answers = self.answer(params, model_state, codes, [str(r["question"]) for r in records])
-        rows = [{"index": i, "question": str(r["question"]), "answer": str(r["answer"]), "prediction": a,
-                 "correct": normalize_vqa_answer(a) == normalize_vqa_answer(str(r["answer"]))}
-                for i, (r, a) in enumerate(zip(records, answers))]
-        os.makedirs(os.path.dirname(answers_path), exist_ok=True)
-        with open(answers_path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        return {"mmu_accuracy": float(np.mean([r["correct"] for r in rows]))}
+    def answer(self, params: Any, model_state: Any, images: jax.Array, questions: list[str]) -> list[str]:
+        """Greedy answers; `images` as `mmu_inputs` gives them (codes, or CLIP features for the CLIP-ViT variant)."""
+        return showo_eval.answer(self, params, model_state, images, questions)
 
     # -- helpers shared with sampling ---------------------------------------------------------------------------
+    def mmu_inputs(self, model_state: Any, records: list[dict[str, Any]]) -> jax.Array:
+        """What MMU reads of records' images: tokenizer codes (B, N), or CLIP features (B, F, C)."""
+        builder = self.batches("eval").builder
+        if self.clip is None:
+            pixels = np.stack([builder.image(r, "mmu eval") for r in records])
+            return self.encode_images(model_state, pixels)
+        pixels = np.stack([builder.clip_image(r, "mmu eval") for r in records])
+        return self.clip.features(model_state["vision_tower"], pixels)
+
     def decode_codes(self, model_state: Any, codes: jax.Array) -> np.ndarray:
         """Codes (B, N) -> uint8 images (B, H, W, 3) through the frozen tokenizer's decoder."""
         pixels = decode_ids(self.vq_model, model_state["tokenizer"], jnp.reshape(codes, (-1, self.grid, self.grid)))

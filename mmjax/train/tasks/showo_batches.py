@@ -5,13 +5,15 @@ recipe (15/4/10 in pre-training stage 1). The trainer batches ONE source, so the
 record of the bundle source holds `mix.t2i` T2I examples, `mix.lm` text examples and `mix.mmu` MMU examples,
 drawn (with replacement, from the record's own seeded generator, so resumption is exact) from three separate
 sources. `config.batch_size` counts bundles; with one bundle per device the step sees exactly the reference's
-per-GPU mix. Examples are fixed-size numpy arrays (token ids padded, plus lengths); sequence layouts, masking,
-condition dropout and attention masks are built from them inside the jitted step (mmjax.models.showo_layout).
+per-GPU mix. Examples (`showo_examples.ExampleBuilder`) are fixed-size numpy arrays (token ids padded, plus
+lengths); sequence layouts, masking, condition dropout and attention masks are built from them inside the jitted
+step (mmjax.models.showo_layout).
 
-Images reach the step either as pixels (tokenized on device by the frozen tokenizer held in `model_state`) or,
-with `tokenizer.pretokenize=True`, as codes computed once at task start for the whole (small) source: the
-fastest path for the tiny CPU configs, where re-encoding the same few thousand images every step would cost
-more than the transformer.
+Images reach the step either as pixels (tokenized on device by the frozen tokenizer held in `model_state`; for
+the CLIP-ViT variant's MMU rows, CLIP pixels read by the frozen tower) or, with `tokenizer.pretokenize=True`, as
+codes (and CLIP features) computed once at task start for the whole (small) source: the fastest path for the
+tiny CPU configs, where re-encoding the same few thousand images every step would cost more than the
+transformer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
@@ -29,15 +31,16 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data import images as image_ops
-from mmjax.data.conversation import IGNORE_INDEX, move_image_first, tokenize_conversation
 from mmjax.data.sources import make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
-from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab, mmu_question_text
+from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab
 from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
+
+if TYPE_CHECKING:  # showo_examples imports this module's helpers
+    from mmjax.train.tasks.showo_examples import ExampleBuilder
 
 log = logging.getLogger(__name__)
 PARTS = ("t2i", "lm", "mmu")
-MMU_FORMATS = ("qa", "caption", "conversation")
 PART_FIELDS = ("source", "text_field", "class_names", "format")
 
 
@@ -114,129 +117,65 @@ def pad_ids(ids: list[int] | np.ndarray, width: int, fill: int = 0) -> np.ndarra
     return out
 
 
-def load_image(value: Any, size: int, where: str) -> np.ndarray:
-    """An image record field (array, encoded bytes or a path) -> float32 (size, size, 3) in [-1, 1]: bicubic
-    shortest edge to `size` and a centre crop, as the reference's transform."""
+def decode_rgb(value: Any, where: str) -> np.ndarray:
+    """An image record field (array, encoded bytes or a path) -> uint8 (H, W, 3)."""
     image = value if isinstance(value, np.ndarray) else image_ops.decode_image(value, name=where)
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.dtype != np.uint8:
         image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    image = image[..., :3]
+    return image[..., :3]
+
+
+def load_image(value: Any, size: int, where: str) -> np.ndarray:
+    """An image record field -> float32 (size, size, 3) in [-1, 1]: bicubic shortest edge to `size` and a centre
+    crop, as the reference's transform."""
+    image = decode_rgb(value, where)
     if image.shape[:2] != (size, size):
         image = image_ops.center_crop(image_ops.resize_shortest_edge(image, size, method="bicubic"), size, size)
     return image.astype(np.float32) / 127.5 - 1.0
 
 
-class ExampleBuilder:
-    """Turns one record of a part's source into that part's fixed-size arrays (text ids padded with 0 plus a
-    length; images as pixels). Which record field holds the text is the part config's `text_field`."""
-
-    def __init__(self, parts: Mapping[str, Any], tokenizer: Tokenizer, vocab: ShowoVocab, max_text_len: int,
-                 seq_len: int, image_size: int):
-        self.parts, self.tok, self.vocab = parts, tokenizer, vocab
-        self.s, self.seq_len, self.image_size = max_text_len, seq_len, image_size
-        self._class_names: dict[str, list[str]] = {}
-
-    def caption(self, part: str, record: Mapping[str, Any]) -> str:
-        cfg = self.parts[part]
-        field = cfg.get("text_field") or "caption"
-        if field in record:
-            text = record[field]
-            return text.decode() if isinstance(text, bytes) else str(text)
-        if "label" in record and cfg.get("class_names"):  # ImageNet: the class name is the prompt
-            names = self._names(cfg["class_names"])
-            return names[int(record["label"])]
-        raise KeyError(f"{part} record has no {field!r} field (has {sorted(record)})")
-
-    def _names(self, path: str) -> list[str]:
-        if path not in self._class_names:
-            with open(path) as f:
-                self._class_names[path] = [line.strip().split(",")[0] for line in f if line.strip()]
-        return self._class_names[path]
-
-    def image(self, record: Mapping[str, Any], part: str) -> np.ndarray:
-        """The record's image: `image` (array / bytes / path) or the first of `image_paths` (LLaVA JSON)."""
-        if "image" in record:
-            return load_image(record["image"], self.image_size, f"{part} image")
-        paths = record.get("image_paths") or []
-        if not paths:
-            raise ValueError(f"{part} record {record.get('id', '')!r} has no image (text-only records are skipped)")
-        return load_image(paths[0], self.image_size, paths[0])
-
-    def t2i(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        ids = self.tok.encode(self.caption("t2i", record))
-        return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
-                "image": self.image(record, "t2i")}
-
-    def lm(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        ids = self.tok.encode(self.caption("lm", record))
-        return {"text": pad_ids(ids, self.seq_len), "text_len": np.int32(min(len(ids), self.seq_len))}
-
-    def mmu(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """MMU text as (conversation ids, target flags, length), the input of `mmu_instruct_layout`:
-        qa: `<bos> USER: \\n q ASSISTANT: a <eos>`, answer + eos supervised: exactly the reference's MMU inference
-            prompt, so a model trained on it is evaluated on what it saw;
-        caption: `<bos> caption <eos>`, all supervised (caption pre-training; too long: cut, eos kept);
-        conversation: LLaVA JSON turns with the phi1.5 template (instruction tuning), answers supervised."""
-        fmt, v = self.parts["mmu"].get("format") or "qa", self.vocab
-        if fmt == "qa":
-            prompt = [v.bos_id, *self.tok.encode(mmu_question_text(str(record["question"])))]
-            answer = [*self.tok.encode(" " + str(record["answer"])), v.eos_id]
-            ids, target = prompt + answer, [False] * len(prompt) + [True] * len(answer)
-        elif fmt == "caption":
-            text = self.tok.encode(self.caption("mmu", record))[: self.s - 2]
-            ids = [v.bos_id, *text, v.eos_id]
-            target = [True] * len(ids)
-        elif fmt == "conversation":
-            conv = record["conversations"]
-            conv = json.loads(conv) if isinstance(conv, str | bytes) else conv
-            out = tokenize_conversation(move_image_first(conv), "phi1.5", self.tok, self.s, None)
-            if not out.num_supervised:
-                raise ValueError("conversation has no supervised token within max_text_len")
-            ids, target = list(out.input_ids), list(out.labels != IGNORE_INDEX)
-        else:
-            raise configlib.ConfigError(f"config.data.*.mmu.format={fmt!r}; known: {MMU_FORMATS}")
-        n = min(len(ids), self.s)
-        return {"conv": pad_ids(ids, self.s), "target": pad_ids(target, self.s).astype(bool), "conv_len": np.int32(n),
-                "image": self.image(record, "mmu")}
-
-    def build(self, part: str, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return getattr(self, part)(record)
+# Pixel fields of examples and what pretokenization stores instead: tokenizer pixels -> codes, CLIP pixels ->
+# the frozen tower's features.
+ENCODED = {"image": "codes", "clip_image": "clip"}
 
 
-def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encode: Any, batch: int = 256
+def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encoders: Mapping[str, Any], batch: int = 256
                ) -> dict[str, dict[str, np.ndarray]]:
-    """Every example of a (small) source for each of `parts`, built once, images replaced by their codes:
-    {part: {field: (n, ...)}}. Each record is read (rendered, decoded) and each image encoded once, however many
-    parts share the source."""
+    """Every example of a (small) source for each of `parts`, built once, pixel fields replaced by their encodings
+    (`encoders`: {"image": pixels -> codes, "clip_image": pixels -> features}): {part: {field: (n, ...)}}. Each
+    record is read (rendered, decoded) and each of its images encoded once, however many parts share it."""
     n = len(source)
     if n > 200_000:
         raise configlib.ConfigError(f"pretokenize is for small sources; {parts} have {n} records "
                                     "(set tokenizer.pretokenize=False to tokenize on device)")
     columns: dict[str, dict[str, list[np.ndarray]]] = {p: {} for p in parts}
-    images: list[np.ndarray] = []
+    pixels: dict[str, list[np.ndarray]] = {}
+    reads: dict[str, set[str]] = {p: set() for p in parts}  # the pixel fields each part uses
     for i in range(n):
         record = source[i]
         if record is None:
             raise ValueError(f"pretokenize: record {i} of the {parts} source is undecodable")
         for part in parts:
-            example = builder.build(part, record)
-            if "image" in example and len(images) == i:
-                images.append(example["image"])
-            for k, val in example.items():
-                if k != "image":
+            for k, val in builder.build(part, record).items():
+                if k not in ENCODED:
                     columns[part].setdefault(k, []).append(val)
-    codes = None
-    if images:
-        codes = np.concatenate([np.asarray(encode(np.stack(images[i:i + batch]))) for i in range(0, n, batch)])
-        codes = codes.reshape(n, -1).astype(np.int32)
+                    continue
+                reads[part].add(k)
+                if len(pixels.setdefault(k, [])) == i:
+                    pixels[k].append(val)
+    encoded = {}
+    for k, images in pixels.items():
+        chunks = [np.asarray(encoders[k](np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
+        encoded[k] = np.concatenate(chunks)
+    if "image" in encoded:
+        encoded["image"] = encoded["image"].reshape(n, -1).astype(np.int32)
     out = {}
     for part in parts:
         out[part] = {k: np.stack(v) for k, v in columns[part].items()}
-        if part in ("t2i", "mmu"):
-            out[part]["codes"] = codes
+        out[part].update({ENCODED[k]: encoded[k] for k in reads[part]})
     log.info("pretokenized %d examples for %s", n, "/".join(parts))
     return out
 
@@ -258,9 +197,9 @@ class ShowoBatches:
     """The sources of one split and the bundle maker: `bundle(i, rng)` -> {"t2i_text": (mix.t2i, S), ...}."""
 
     def __init__(self, parts: Mapping[str, Any], mix: Mapping[str, int], builder: ExampleBuilder,
-                 encode: Any | None):
+                 encoders: Mapping[str, Any] | None):
         self.mix = {p: int(mix.get(p, 0)) for p in PARTS}
-        self.builder, self.encode = builder, encode
+        self.builder = builder
         self.sources: dict[str, Any] = {}
         self.cache: dict[str, dict[str, np.ndarray]] = {}
         self._keys: dict[str, str] = {}
@@ -275,10 +214,10 @@ class ShowoBatches:
             if key not in by_key:  # T2I / LM / MMU often share one source (tiny configs): open it once
                 by_key[key] = open_source(parts[part]["source"])
             self.sources[part], self._keys[part] = by_key[key], key
-        if encode is not None:
+        if encoders is not None:
             for key, source in by_key.items():
                 self.cache.update(pretokenize(source, builder, [p for p in self.sources if self._keys[p] == key],
-                                              encode))
+                                              encoders))
         self.skipped = 0
 
     def __len__(self) -> int:
@@ -330,14 +269,23 @@ def open_source(cfg: Any) -> Any:
 
 
 def bundle_spec(mix: Mapping[str, int], s: int, seq_len: int, image_size: int, num_image_tokens: int,
-                pretokenized: bool) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Shapes and dtypes of one bundle, without touching any data (abstract init, compile-only checks)."""
+                pretokenized: bool, mmu_text_len: int | None = None, clip: Any = None
+                ) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shapes and dtypes of one bundle, without touching any data (abstract init, compile-only checks). With a
+    `clip` tower (`showo_clip.ClipTower`) MMU rows carry CLIP pixels or, pretokenized, its features."""
     image = ((num_image_tokens,), np.int32) if pretokenized else ((image_size, image_size, 3), np.float32)
     image_key = "codes" if pretokenized else "image"
+    if clip is None:
+        mmu_image = {image_key: image}
+    elif pretokenized:
+        mmu_image = {"clip": ((clip.num_features, clip.width), np.float32)}
+    else:
+        mmu_image = {"clip_image": ((clip.image_size, clip.image_size, 3), np.float32)}
+    t = s if mmu_text_len is None else mmu_text_len
     fields = {"t2i": {"text": ((s,), np.int32), "text_len": ((), np.int32), image_key: image},
               "lm": {"text": ((seq_len,), np.int32), "text_len": ((), np.int32)},
-              "mmu": {"conv": ((s,), np.int32), "target": ((s,), np.bool_), "conv_len": ((), np.int32),
-                      image_key: image}}
+              "mmu": {"conv": ((t,), np.int32), "target": ((t,), np.bool_), "conv_len": ((), np.int32),
+                      **mmu_image}}
     return {f"{p}_{k}": ((int(mix[p]), *shape), dtype) for p in PARTS if mix.get(p, 0)
             for k, (shape, dtype) in fields[p].items()}
 
