@@ -35,15 +35,11 @@ import numpy as np
 from mmjax.data import records
 from mmjax.data.images import decode_image
 from mmjax.data.sharded import HostStrided, host_local
-from mmjax.data.sources import HOST_SHARDED, DataError, make_source
+from mmjax.data.sources import HOST_SHARDED, DataError, NoImageError, make_source
 
 log = logging.getLogger("mmjax.tokenize_images")
 Prepare = Callable[[Any], np.ndarray]        # an image field (array, encoded bytes, path) -> model input
 Encode = Callable[[np.ndarray], np.ndarray]  # a full batch of model inputs -> int codes (B, h, w)
-
-
-class NoImageError(ValueError):
-    """A record without an image (skipped and counted under this name): e.g. LLaVA's text-only conversations."""
 
 
 class MultiImageError(ValueError):

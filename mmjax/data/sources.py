@@ -38,6 +38,11 @@ class DataError(ValueError):
     """A data set that cannot be opened; the message names the data set, split or file."""
 
 
+class NoImageError(ValueError):
+    """A record without an image where one is needed (e.g. LLaVA's text-only conversations); skipped and counted
+    under this name."""
+
+
 class DigitsSource:
     """sklearn's handwritten digits as records {"image": float32 (8, 8, 1) in [0, 1], "label": int}.
 
