@@ -6,8 +6,8 @@ writes OUT/<name>.png = [original | reconstruction] side by side (after the toke
 and OUT/summary.json with the PSNR (dB) of each image; the reconstruction is decode(encode(x)) through the ids.
 
 Tokenize (pre-computed ids make Show-o training skip the tokenizer's encoder entirely):
-    python -m mmjax.tokenize_images --config configs/vq/showo_magvitv2.py \
-        --data name=webdataset --data "pattern=/data/cc12m/*.tar" --out /data/cc12m_ids [--records_per_shard N]
+    python -m mmjax.tokenize_images --config configs/vq/showo_magvitv2.py:res=256,weights=/models/magvitv2.safetensors \
+        --data name=webdataset --data "pattern=/data/cc12m/*.tar" --out /data/cc12m_ids256 [--records_per_shard N]
     python -m mmjax.tokenize_images --workdir runs/vq_tiny --dataset-config configs/vq/tiny.py --split eval \
         --out DIR
 The source is `--data key=value ...` (a `config.data.<split>` section: webdataset, parquet, imagefolder,
@@ -21,7 +21,7 @@ continues after the shards already written and produces byte-identical shards (`
 are skipped and counted by reason; the summary (printed, and DIR/summary-h<host>.json) gives images/s.
 
 The tokenizer is a training run (`--workdir`: its config.json and newest checkpoint, EMA params when the run kept
-them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py`).
+them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py:...`).
 Errors in the arguments, the run or the data are one `error:` line with exit status 2 (`--debug` for the
 traceback; see `mmjax.cli`).
 """

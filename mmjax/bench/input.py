@@ -3,7 +3,8 @@
 Each workload writes a corpus on the fly (real JPEGs: random crops of the photos scikit-image ships, resized to a
 realistic size and JPEG-encoded at quality 90), builds the config's task as training would (its source and
 `preprocess`: decoding, resizing, AnyRes tiling, text tokenization, Show-o bundling) and times the trainer's grain
-pipeline (`mmjax.data.pipeline.train_dataset`: shuffle, preprocess, batch) with 0 and N worker processes.
+pipeline (`mmjax.data.pipeline.train_dataset`: shuffle, preprocess, batch) with 0 and N worker processes. Raw
+Show-o also reports what a shuffled read from parquet image shards costs (img2dataset's 100-row groups).
 
 Reported: records/s per worker count (wall clock, on whatever cores the machine has), the CPU seconds one record
 costs (process CPU time of the 0-worker run, all its threads), the records/s one accelerator consumes (`DEMAND`,
@@ -101,7 +102,7 @@ def llava_corpus(root: str, records: int, size: int, unique: int) -> dict[str, s
     return {"name": "llava_json", "json": os.path.join(root, "llava.json"), "images": os.path.join(root, "images")}
 
 
-def showo_corpus(root: str, records: int, size: int, unique: int, tokenized: bool, grid: int
+def showo_corpus(root: str, records: int, jpegs: list[bytes], tokenized: bool, grid: int
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(image-caption source, text source): webdataset tars of JPEGs + captions (or, `tokenized`, ArrayRecord
     shards of {"ids", "caption"} as `mmjax.tokenize_images` writes them) and RefinedWeb-like parquet text
@@ -120,10 +121,9 @@ def showo_corpus(root: str, records: int, size: int, unique: int, tokenized: boo
                                ({"ids": ids[i], "caption": captions[i], "key": f"{i:06d}"} for i in range(records)))
         images = {"name": "arrayrecord", "pattern": os.path.join(root, "ids-*.array_record")}
     else:
-        jpegs = photos(unique, size)
         half = records // 2
         for k, part in enumerate((range(half), range(half, records))):
-            cw.write_webdataset(os.path.join(root, f"{k:05d}.tar"), ({"key": f"{i:06d}", "image": jpegs[i % unique],
+            cw.write_webdataset(os.path.join(root, f"{k:05d}.tar"), ({"key": f"{i:06d}", "image": jpegs[i % len(jpegs)],
                                                                      "caption": captions[i]} for i in part))
         images = {"name": "webdataset", "pattern": os.path.join(root, "*.tar")}
     docs = [" ".join(sentence(rng, 20) for _ in range(18)) for _ in range(records)]
@@ -150,6 +150,24 @@ def measure(source: Any, preprocess: pipeline.Preprocess, batch: int, workers: i
         it.close()
     return {"records_per_s": batches * batch / wall, "cpu_s_per_record": cpu / (batches * batch),
             "skipped": sum(counter.snapshot().values())}
+
+
+def parquet_read_ms(jpegs: list[bytes], root: str, row_group_size: int = 100, rows: int = 2000, reads: int = 300
+                    ) -> float:
+    """CPU ms of one shuffled read from parquet image shards with `row_group_size`-row groups (img2dataset writes
+    100): each read decodes its row group unless the source's LRU still holds it."""
+    from mmjax.data.sharded import host_local
+    from mmjax.data.sources import make_source
+
+    path = os.path.join(root, f"rg{row_group_size}.parquet")
+    cw.write_parquet(path, [{"key": f"{i:06d}", "image": jpegs[i % len(jpegs)], "caption": "a photo"}
+                            for i in range(rows)], row_group_size=row_group_size)
+    source = host_local(make_source({"name": "parquet", "pattern": path}))
+    order = np.random.default_rng(0).permutation(rows)[:reads]
+    cpu = time.process_time()
+    for i in order:
+        source[int(i)]
+    return 1e3 * (time.process_time() - cpu) / reads
 
 
 def report(demand: Demand, rates: dict[int, dict[str, float]], **extra: Any) -> dict[str, Any]:
@@ -198,7 +216,8 @@ def showo(*, tokenized: bool, records: int = 256, size: int = 512, unique: int =
         config = configlib.apply_overrides(configlib.load_config_file(config),
                                            [*SHOWO_BYTE_TEXT, f"tokenizer.pretokenize={tokenized}", *overrides])
         grid = int(config.tokenizer.image_size) // 16
-        images, text = showo_corpus(tmp, records, size, unique, tokenized, grid)
+        jpegs = [] if tokenized else photos(unique, size)
+        images, text = showo_corpus(tmp, records, jpegs, tokenized, grid)
         parts = config.data.train
         for part in ("t2i", "mmu"):
             parts[part].source = ml_collections.ConfigDict(images)
@@ -206,9 +225,10 @@ def showo(*, tokenized: bool, records: int = 256, size: int = 512, unique: int =
         parts.lm.text_field = "caption"
         task = ShowoTask(config)
         rates = _time_workers(task.source("train"), task.preprocess, 1, workers, batches)
+        extra = {} if tokenized else {"parquet_rg100_read_ms": round(parquet_read_ms(jpegs, tmp), 2)}
     images_per_bundle = task.mix["t2i"] + task.mix["mmu"]
     return {"result": report(DEMAND["showo"], rates, images_per_bundle=images_per_bundle,
-                             image_px=0 if tokenized else size)}
+                             image_px=0 if tokenized else size, **extra)}
 
 
 WorkloadFn = Callable[..., dict[str, Any]]
