@@ -107,7 +107,7 @@ class Progress:
     def __init__(self, total: int, done: int, every_s: float):
         self.total, self.done, self.every_s = total, done, every_s
         self.start = self.last = time.perf_counter()
-        self.new = 0
+        self.new = self.skipped = 0
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -115,19 +115,21 @@ class Progress:
             self.bar = tqdm(total=total, initial=done, unit="img", dynamic_ncols=True)
 
     def advance(self, n: int, skipped: int) -> None:
+        """`n` more inputs done, `skipped` of them skipped."""
         self.done += n
         self.new += n
+        self.skipped += skipped
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(skipped=skipped)
+            self.bar.set_postfix(skipped=self.skipped)
             return
         now = time.perf_counter()
         if now - self.last >= self.every_s:
             self.last = now
             rate = self.new / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else float("inf")
-            log.info("tokenized %d/%d records (%.1f images/s, ETA %.0f s), %d skipped", self.done, self.total,
-                     rate, eta, skipped)
+            log.info("tokenized %d/%d records (%.1f images/s, ETA %.0f s), %d skipped in this run", self.done,
+                     self.total, rate, eta, self.skipped)
 
     def close(self) -> float:
         """Records per second of this run."""
@@ -202,11 +204,15 @@ class ShardWriter:
         name = self.name(shard)
         writer = ArrayRecordWriter(name + ".array_record.tmp", "group_size:1")
         stats: dict[str, Any] = {"inputs": [lo, hi], "records": 0, "skipped": {}}
+        starts = list(range(lo, hi, self.batch))
+        submit = lambda start: [self.pool.submit(self._load, i) for i in range(start, min(start + self.batch, hi))]
+        pending = submit(starts[0]) if starts else []
         try:
-            for start in range(lo, hi, self.batch):
+            for n, start in enumerate(starts):
                 if budget is not None and start - lo >= budget:
                     return None
-                loaded = list(self.pool.map(self._load, range(start, min(start + self.batch, hi))))
+                loaded = [f.result() for f in pending]
+                pending = submit(starts[n + 1]) if n + 1 < len(starts) else []   # read ahead while encoding
                 kept = [(x, extra) for x, extra in loaded if x is not None]
                 for x, reason in loaded:
                     if x is None:
@@ -217,7 +223,7 @@ class ShardWriter:
                     for (_, extra), row in zip(kept, codes):
                         writer.write(records.encode({"ids": row, **extra}))
                 stats["records"] += len(kept)
-                progress.advance(len(loaded), sum(stats["skipped"].values()))
+                progress.advance(len(loaded), len(loaded) - len(kept))
         finally:
             writer.close()
         _write_json(name + ".json", stats)

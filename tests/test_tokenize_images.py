@@ -106,7 +106,9 @@ def shard_bytes(out) -> dict[str, bytes]:
 
 def test_a_job_stopped_half_way_and_restarted_writes_the_same_bytes(run_dir, tmp_path, capsys):
     samples, data = tar_corpus(tmp_path)
-    assert tokenize(run_dir, data, tmp_path / "whole") == 0
+    assert tokenize(run_dir, data, tmp_path / "whole", "--log_every_s", "0") == 0
+    progress = capsys.readouterr().err   # not a terminal: a plain line per batch here (every 30 s by default)
+    assert "tokenized 4/23 records" in progress and "tokenized 23/23 records" in progress
     whole = shard_bytes(tmp_path / "whole")
     assert len(whole) == 5   # 23 inputs, 5 per shard
     records = read_shards(tmp_path / "whole")

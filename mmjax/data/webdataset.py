@@ -164,16 +164,12 @@ class WebDatasetShards:
                 log.warning("webdataset shard %s is damaged at byte %d: its last %d bytes are not read (the %d "
                             "samples before the damage are)", shard, rows["offset"][-1], rows["size"][-1], counts[-1])
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._fds: dict[tuple[int, int], int] = {}
 
     def _load(self) -> list[np.ndarray]:
         return [np.load(p, mmap_mode="r", allow_pickle=False) for p in self.index_paths]
 
-    def __getstate__(self) -> dict[str, Any]:  # worker processes map the indexes and open the shards themselves
-        return {k: v for k, v in self.__dict__.items() if k not in ("_rows", "_starts", "_fds")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _fds={})
+    def __getstate__(self) -> dict[str, Any]:  # worker processes map the indexes themselves
+        return {k: v for k, v in self.__dict__.items() if k not in ("_rows", "_starts")}
 
     def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if "_rows" not in self.__dict__:  # a copy unpickled in a worker process
@@ -186,10 +182,13 @@ class WebDatasetShards:
         return int(self._first[-1])
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
-        key = (os.getpid(), shard)  # descriptors are per process: grain workers must not share the parent's
-        if key not in self._fds:
-            self._fds[key] = os.open(self.paths[shard], os.O_RDONLY)
-        data = os.pread(self._fds[key], size, offset)
+        """A member's bytes. The shard is opened per read (microseconds against a decode's milliseconds): a host
+        may read thousands of shards, more than a process may hold open."""
+        fd = os.open(self.paths[shard], os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
         if len(data) != size:
             raise OSError(f"read {len(data)} of {size} bytes at offset {offset} (the shard shrank?)")
         return data
