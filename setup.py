@@ -11,6 +11,7 @@ CORE = [
     "ml-collections>=1.1.0",
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8",
+    "pyarrow>=14",            # parquet corpora: img2dataset's parquet output, RefinedWeb
     "safetensors>=0.4",
     "numpy>=1.26",
     "pillow>=10.0",

@@ -33,6 +33,7 @@ platform.configure_xla_flags()
 import jax  # noqa: E402
 
 from mmjax.bench import generation, kernels, scaling, training  # noqa: E402
+from mmjax.bench import input as input_workloads  # noqa: E402
 from mmjax.bench.measure import hbm_bandwidth, matmul_ceiling  # noqa: E402
 from mmjax.bench.peers import run_peer  # noqa: E402
 
@@ -54,6 +55,7 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "matmul_shapes": (kernels.matmul_shapes, {}, {}),
     "attention_padding": (kernels.attention_padding, {}, {}),
     "embedding_grad": (kernels.embedding_gradient, {}, {}),
+    **input_workloads.WORKLOADS,  # input_llava_ov, input_showo_raw, input_showo_tokenized: host preprocessing rates
 }
 
 # --devices: (config, overrides, per-device batch) of the workloads whose multi-device scaling is measured

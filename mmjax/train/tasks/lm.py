@@ -1,9 +1,10 @@
 """Text pre-training of a decoder-only LM (`mmjax.models.lm`) on packed documents: next-token cross-entropy.
 
 Data: `config.data.<split>` names a text source (`mmjax.data.packing.make_document_source`: shapes_captions |
-jsonl | arrayrecord); one record is a group of `packing.docs_per_group` documents, which `preprocess` tokenizes
-(`config.tokenizer`, byte-level by default; bos/eos added per `packing.add_bos/add_eos`) and packs into a
-(`packing.rows`, `packing.seq_len`) block. A batch is (batch_size, rows, seq_len); the loss reshapes it to rows.
+jsonl | arrayrecord | parquet, e.g. RefinedWeb's `content` column); one record is a group of
+`packing.docs_per_group` documents, which `preprocess` tokenizes (`config.tokenizer`, byte-level by default;
+bos/eos added per `packing.add_bos/add_eos`) and packs into a (`packing.rows`, `packing.seq_len`) block. A batch is
+(batch_size, rows, seq_len); the loss reshapes it to rows.
 
 Inside jit the block-diagonal causal mask is built from `segment_ids` and `positions` restart per document, so
 a packed row computes exactly what each document would alone (tests/train/test_lm_task.py checks the logits).
@@ -26,7 +27,8 @@ import numpy as np
 import optax
 
 from mmjax import configlib
-from mmjax.data.packing import DocumentGroups, make_document_source, pack_documents, segment_mask
+from mmjax.data.packing import document_groups, make_document_source, pack_documents, segment_mask
+from mmjax.data.sharded import host_local
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.lm import LM, LMConfig, get_config
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
@@ -109,8 +111,8 @@ class LMTask(Task):
             self._documents[split] = make_document_source(self.config.data[split])
         return self._documents[split]
 
-    def source(self, split: str) -> DocumentGroups:
-        return DocumentGroups(self.documents(split), self.config.packing.docs_per_group)
+    def source(self, split: str) -> Any:
+        return document_groups(self.documents(split), self.config.packing.docs_per_group)
 
     def encode(self, text: str) -> list[int]:
         """One document's token ids, with bos/eos as configured."""
@@ -206,10 +208,10 @@ class LMTask(Task):
         if limit == 0:
             return {}
         if self._unigram is None:
-            train = self.documents("train")
+            train = host_local(self.documents("train"))  # this host's documents (all of them on one host)
             counts = self._target_counts(train, len(train) if limit < 0 else min(limit, len(train)))
             p = counts[counts > 0] / counts.sum()
-            evaluated = self.documents("eval")
+            evaluated = host_local(self.documents("eval"))
             groups = int(self.config.evaluation.groups)
             n_eval = len(evaluated) if not groups else min(len(evaluated), groups * self.config.packing.docs_per_group)
             q = self._target_counts(evaluated, n_eval)

@@ -181,7 +181,8 @@ class ShowoTask(Task):
                                      self.image_size, self.mmu_text_len, self.clip)
             encoders = None
             if self.pretokenized:
-                encoders = {"image": sb.encoder_fn(self.vq_model, self.tokenizer_variables())}
+                # loaded on first use: sources of pre-tokenized records never need the tokenizer's weights here
+                encoders = {"image": lambda px: sb.encoder_fn(self.vq_model, self.tokenizer_variables())(px)}
                 if self.clip is not None:
                     encoders["clip_image"] = lambda px: self.clip.features(self.clip.variables(), px)
             self._splits[split] = sb.ShowoBatches(self.config.data[split], self.mix, builder, encoders)
