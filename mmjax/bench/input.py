@@ -54,9 +54,11 @@ class Demand:
 # showo_256 stage 2: no H200 step time recorded yet; estimated from its FLOPs (6 x 1.42B params x 24 rows x 387
 # tokens = 79 TFLOP per bundle + attention) at 40% MFU of 989 TFLOP/s (the Phi-1.5 LM step measured 44%): 0.2 s.
 DEMAND = {
-    "llava_ov": Demand(4, 0.243, "llava_ov_0p5b, one H200, batch 4 x 243 ms (scripts/benchmark.py)"),
-    "showo": Demand(1, 0.20, "showo_256 stage 2, one bundle (10 T2I + 4 LM + 10 MMU) per device; 0.20 s per "
-                             "step ESTIMATED from FLOPs at 40% MFU, to be replaced by the measured H200 step"),
+    "llava_ov": Demand(4, 0.243, "llava_ov_0p5b, one H200, batch 4 x 243 ms: the PyTorch peer's step "
+                                 "(docs/benchmarks.md); a faster mmjax step needs proportionally more"),
+    "showo": Demand(1, 0.20, "showo_256, one bundle per device per step: 229.7 ms measured on one H200 for the "
+                             "29-row stage-1 bundle (docs/benchmarks.md); 0.20 s rounds it down (stage 2's 24 "
+                             "rows are lighter), i.e. 5 bundles/s"),
 }
 
 
