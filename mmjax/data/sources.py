@@ -29,6 +29,7 @@ from mmjax.data import records
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
 CORPORA = ("webdataset", "parquet", "imagefolder", "jsonl")   # modules of mmjax.data with a `from_config(cfg)`
+SOURCE_NAMES = ("digits", "shapes", "tfds", "arrayrecord", "photos", "llava_json", *CORPORA)
 HOST_SHARDED = ("webdataset", "parquet", "imagefolder")     # take host_index / host_count (mmjax.data.sharded)
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
@@ -138,5 +139,4 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         import importlib
 
         return importlib.import_module(f"mmjax.data.{name}").from_config(cfg)
-    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos | llava_json | "
-                    f"{' | '.join(CORPORA)})")
+    raise DataError(f"unknown data source {name!r} ({' | '.join(SOURCE_NAMES)})")
