@@ -31,13 +31,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
-from mmjax import configlib
+from mmjax import configlib, paths
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
 from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
+from mmjax.nn.block_mask import showo_block_mask
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 
@@ -166,8 +168,8 @@ class ShowoTask(Task):
         elif init.run:
             from mmjax.train.checkpoint import load_params
 
-            with open(os.path.join(init.run, "config.json")) as f:
-                key = "ema_params" if json.load(f).get("ema_decay") else "params"
+            run_config = json.loads(epath.Path(init.run, "config.json").read_text())  # the run may be in gs://
+            key = "ema_params" if run_config.get("ema_decay") else "params"
             out["params"] = jax.tree.map(np.asarray, load_params(init.run, key=key))
         elif init.lm:
             from mmjax.convert.showo import phi_to_showo_params
@@ -217,7 +219,9 @@ class ShowoTask(Task):
         """Per-part sums and counts: {part}_nll, {part}_correct, {part}_count (t2i: masked image tokens only for
         the accuracy; the loss also counts soi/eoi, as the reference)."""
         ids, labels, sizes = self.build_rows(model_state, batch, rng)
-        logits = self.model.apply({"params": params}, ids)
+        # The omni-attention mask as a static pattern per row type (splash on TPU; its dense form elsewhere).
+        mask = showo_block_mask(ids, sizes, max_text_len=self.s, num_image_tokens=self.n, pad_id=self.vocab.pad_id)
+        logits = self.model.apply({"params": params}, ids, mask=mask)
         smoothing = self.config.showo.label_smoothing
         out: dict[str, jax.Array] = {}
         start = 0
@@ -319,8 +323,9 @@ class ShowoTask(Task):
         n = min(int(self.config.eval.num_t2i), len(source))
         prompts = [data.builder.caption("t2i", source[i]) for i in range(n)]
         images = self.generate_images(params, model_state, prompts, jax.random.key(self.config.eval.seed))
-        os.makedirs(os.path.dirname(grid_path), exist_ok=True)
-        geneval.save_png(geneval.image_grid(list(images), cols=8), grid_path)
+        paths.make_dirs(os.path.dirname(grid_path))
+        with epath.Path(grid_path).open("wb") as f:
+            geneval.save_png(geneval.image_grid(list(images), cols=8), f)
         if not isinstance(source, ShapesSource):
             return {}
         kw = dict(colours=source.config.colours, shapes=source.config.shapes)
@@ -339,8 +344,8 @@ class ShowoTask(Task):
         rows = [{"index": i, "question": str(r["question"]), "answer": str(r["answer"]), "prediction": a,
                  "correct": normalize_vqa_answer(a) == normalize_vqa_answer(str(r["answer"]))}
                 for i, (r, a) in enumerate(zip(records, answers))]
-        os.makedirs(os.path.dirname(answers_path), exist_ok=True)
-        with open(answers_path, "w", encoding="utf-8") as f:
+        paths.make_dirs(os.path.dirname(answers_path))
+        with epath.Path(answers_path).open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return {"mmu_accuracy": float(np.mean([r["correct"] for r in rows]))}
 
