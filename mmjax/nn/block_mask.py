@@ -62,12 +62,15 @@ BIDIRECTIONAL = MaskPattern(causal=False, full_rows_from=0)
 class BlockMask:
     """Rows in consecutive groups `((pattern, rows), ...)` (rows -1: all remaining rows), plus `segment_ids`.
 
+    With `periodic`, the groups describe one period of rows that repeats through the batch (Show-o's bundles:
+    15 T2I, 4 LM, 10 MMU rows, then the next bundle): a shard holding whole periods then groups its rows locally.
     segment_ids: (B, T) int or None; a query sees a key only if both have the same id (and the pattern allows
     it). It is a pytree whose only leaf is `segment_ids`, so it passes through `nn.scan` and remat like an array.
     """
 
     segment_ids: jax.Array | None
     groups: tuple[tuple[MaskPattern, int], ...] = flax.struct.field(pytree_node=False)
+    periodic: bool = flax.struct.field(pytree_node=False, default=False)
 
     @classmethod
     def uniform(cls, pattern: MaskPattern, segment_ids: jax.Array | None = None) -> BlockMask:
@@ -80,30 +83,42 @@ class BlockMask:
         segment_ids = (jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]).astype(jnp.int32)
         return cls.uniform(pattern, segment_ids)
 
-    def row_groups(self, batch: int) -> list[tuple[MaskPattern, int, int]]:
-        """(pattern, first row, end row) of each group, checked to cover exactly `batch` rows."""
+    def period_groups(self, batch: int) -> tuple[list[tuple[MaskPattern, int, int]], int]:
+        """((pattern, first row, end row) of each group within a period, number of periods), checked to cover
+        exactly `batch` rows. Without `periodic` the whole batch is one period."""
+        period = sum(rows for _, rows in self.groups) if self.periodic else batch
+        if self.periodic and (min(rows for _, rows in self.groups) < 0 or not period or batch % period):
+            raise ValueError(f"BlockMask: periodic groups {[(p, n) for p, n in self.groups]} do not tile a batch "
+                             f"of {batch}")
         out, start = [], 0
         for i, (pattern, rows) in enumerate(self.groups):
             if rows < 0:
                 if i != len(self.groups) - 1:
                     raise ValueError(f"BlockMask: only the last group may take the remaining rows, got {self.groups}")
-                rows = batch - start
+                rows = period - start
             out.append((pattern, start, start + rows))
             start += rows
-        if start != batch or any(stop < first for _, first, stop in out):
+        if start != period or any(stop < first for _, first, stop in out):
             raise ValueError(f"BlockMask groups {[(p, n) for p, n in self.groups]} do not cover a batch of {batch}")
-        return out
+        return out, batch // period
 
     @property
     def all_causal(self) -> bool:
         return all(p.causal for p, _ in self.groups)
 
     def dense(self, batch: int, q_len: int, kv_len: int) -> jax.Array:
-        """The equivalent (B, 1, T, S) boolean mask (True = may attend), for kernels that take dense masks."""
-        groups = self.row_groups(batch)
-        patterns = np.stack([p.dense(q_len, kv_len) for p, _, _ in groups])
-        row_type = np.concatenate([np.full(stop - first, i) for i, (_, first, stop) in enumerate(groups)])
-        mask = jnp.asarray(patterns)[row_type][:, None]
+        """The equivalent (B, 1, T, S) boolean mask (True = may attend), for kernels that take dense masks.
+
+        Built by comparisons from each row's pattern numbers ((B,) constants), not by indexing stacked (T, S)
+        patterns, so no (B, T, S) constant can be folded into the program."""
+        groups, periods = self.period_groups(batch)
+        per_row = lambda field: jnp.asarray(np.tile(np.concatenate(
+            [np.full(stop - first, field(p)) for p, first, stop in groups]), periods))[:, None, None, None]
+        causal = per_row(lambda p: p.causal)
+        full_from = per_row(lambda p: q_len if p.full_rows_from is None else p.full_rows_from)
+        prefix = per_row(lambda p: p.prefix_keys)
+        q, k = jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :]
+        mask = (causal & (k <= q)) | (q >= full_from) | (k < prefix)
         if self.segment_ids is not None:
             seg = jnp.asarray(self.segment_ids)
             mask = mask & (seg[:, None, :q_len, None] == seg[:, None, None, :kv_len])
@@ -112,7 +127,8 @@ class BlockMask:
 
 def showo_block_mask(ids: jax.Array, rows: Mapping[str, int], *, max_text_len: int, num_image_tokens: int,
                      pad_id: int) -> BlockMask:
-    """Show-o's omni-attention for a training batch [t2i; lm; mmu] (`rows`: part -> row count, in that order).
+    """Show-o's omni-attention for a training batch of bundles, each `[t2i; lm; mmu]` rows in turn (`rows`: part
+    -> rows per bundle, in that order; the batch is whole bundles).
 
     T2I rows `[PAD]* <|t2i|> <bos> text <eos> <|soi|> img <|eoi|>`: causal text, the image span from index S+1 on
     sees every key; the left pads are segment 0, so real tokens never see them (and pads see only pads, as in
@@ -125,9 +141,9 @@ def showo_block_mask(ids: jax.Array, rows: Mapping[str, int], *, max_text_len: i
     unknown = set(rows) - set(patterns)
     if unknown:
         raise ValueError(f"showo_block_mask: unknown row types {sorted(unknown)}; known: {list(patterns)}")
-    groups = tuple((patterns[p], int(rows[p])) for p in patterns if rows.get(p))
-    segment_ids = jnp.ones(ids.shape, jnp.int32)
-    if rows.get("t2i"):
-        t2i = int(rows["t2i"])
-        segment_ids = segment_ids.at[:t2i].set((ids[:t2i] != pad_id).astype(jnp.int32))
-    return BlockMask(segment_ids, groups)
+    parts = [p for p in patterns if rows.get(p)]
+    mask = BlockMask(None, tuple((patterns[p], int(rows[p])) for p in parts), periodic=True)
+    _, bundles = mask.period_groups(ids.shape[0])
+    is_t2i = np.tile(np.concatenate([np.full(int(rows[p]), p == "t2i") for p in parts]), bundles)
+    segment_ids = jnp.where(jnp.asarray(is_t2i)[:, None], ids != pad_id, True).astype(jnp.int32)
+    return mask.replace(segment_ids=segment_ids)

@@ -17,6 +17,7 @@ Off TPU (CPU tests) the same kernels run in Pallas interpret mode: slow, but the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -57,13 +58,14 @@ def _divides(axes, size: int, mesh) -> bool:
     return size % math.prod(mesh.shape[a] for a in names) == 0
 
 
-def _sharded(fn, q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array) -> jax.Array:
-    """fn over the local shards of (B, H, T, D) q and (B, K, S, D) k/v, split like the attention activations."""
+def _sharded(fn, q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array, unit: int = 1) -> jax.Array:
+    """fn over the local shards of (B, H, T, D) q and (B, K, S, D) k/v, split like the attention activations;
+    the batch is split only into whole `unit`s of rows (e.g. periods of a BlockMask)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn(q, k, v, seg)
     batch_axes, head_axes, kv_axes = nn.logical_to_mesh_axes(("act_batch", "act_heads", "act_kv_heads"))
-    batch_axes = batch_axes if _divides(batch_axes, q.shape[0], mesh) else None
+    batch_axes = batch_axes if _divides(batch_axes, q.shape[0] // unit, mesh) else None
     # Heads are split only when query and key heads split the same way (a shard must hold whole GQA groups).
     if head_axes != kv_axes or not (_divides(head_axes, q.shape[1], mesh) and _divides(kv_axes, k.shape[1], mesh)):
         head_axes = None
@@ -72,11 +74,27 @@ def _sharded(fn, q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array) -> ja
                          out_specs=spec, check_vma=False)(q, k, v, seg)
 
 
+def _group_rows(x: jax.Array, *, periods: int, period: int, first: int, stop: int) -> jax.Array:
+    """Rows first..stop-1 of every period of `x` (rows period-major), as one batch."""
+    return x.reshape(periods, period, *x.shape[1:])[:, first:stop].reshape(-1, *x.shape[1:])
+
+
+def _batch_shards() -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = nn.logical_to_mesh_axes(("act_batch",))[0]
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in names)
+
+
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: BlockMask, *, scale: float | None = None,
                      block_size: int | None = None, interpret: bool | None = None) -> jax.Array:
     """softmax(q k^T * scale, masked by `mask`) v for q (B, T, H, D), k/v (B, T, K, D) -> (B, T, H, D).
 
     Self-attention only (queries and keys of one length). `interpret` defaults to "not compiling for TPU".
+    When every batch shard holds whole periods of the mask's row groups, each shard groups its own rows (no data
+    moves between chips); otherwise each group is cut from the global batch and sharded on its own.
     """
     b, t, _, d = q.shape
     if k.shape[1] != t:
@@ -90,19 +108,27 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: BlockMask, 
     to_heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, padded - t), (0, 0)))
     q, k, v = to_heads_major(q), to_heads_major(k), to_heads_major(v)
     seg = jnp.pad(seg, ((0, 0), (0, padded - t)), constant_values=PAD_SEGMENT)
-    outs = []
-    for pattern, first, stop in mask.row_groups(b):
-        if stop == first:
-            continue
+    groups, periods = mask.period_groups(b)
+    period = b // periods
 
-        def group(q, k, v, seg, pattern=pattern):
-            kernel = _kernel(pattern, padded, q.shape[1], block, interpret)
-            ids = splash.SegmentIds(seg, seg)
-            return jax.vmap(kernel)(q, k, v, ids)
+    def attend(pattern: MaskPattern, q, k, v, seg):
+        kernel = _kernel(pattern, padded, q.shape[1], block, interpret)
+        return jax.vmap(kernel)(q, k, v, splash.SegmentIds(seg, seg))
 
-        rows = slice(first, stop)
-        outs.append(_sharded(group, q[rows], k[rows], v[rows], seg[rows]))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+    def grouped(run, q, k, v, seg):  # rows: whole periods, each `period` rows of the groups in turn
+        n = q.shape[0] // period
+        outs = []
+        for pattern, first, stop in groups:
+            if stop > first:
+                take = functools.partial(_group_rows, periods=n, period=period, first=first, stop=stop)
+                out = run(functools.partial(attend, pattern), take(q), take(k), take(v), take(seg))
+                outs.append(out.reshape(n, stop - first, *out.shape[1:]))
+        return jnp.concatenate(outs, axis=1).reshape(q.shape[0], *outs[0].shape[2:])
+
+    if periods % _batch_shards() == 0:
+        out = _sharded(functools.partial(grouped, lambda f, *xs: f(*xs)), q, k, v, seg, unit=period)
+    else:
+        out = grouped(_sharded, q, k, v, seg)
     return jnp.swapaxes(out[:, :, :t], 1, 2)
 
 

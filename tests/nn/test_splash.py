@@ -21,20 +21,25 @@ VOCAB = sl.ShowoVocab(text_vocab_size=40, codebook_size=16, bos_id=1, eos_id=2)
 S, N = 12, 9  # text length, image tokens: rows of S + N + 3 = 24
 
 
-def showo_rows(rng: np.random.Generator) -> tuple[jax.Array, dict[str, int]]:
-    """A [t2i; lm; mmu] batch through the real layouts: T2I rows with short, empty (dropped) and overlong
-    captions, LM rows short and full, MMU rows with conversations of several lengths."""
+def showo_rows(rng: np.random.Generator, bundles: int = 1) -> tuple[jax.Array, dict[str, int]]:
+    """Bundles of [t2i; lm; mmu] rows (bundle-major, as the Show-o task orders them) through the real layouts:
+    T2I rows with short, empty (dropped) and overlong captions, LM rows short and full, MMU rows with
+    conversations of several lengths."""
     t = S + N + 3
-    text = jnp.asarray(rng.integers(3, 40, (3, S)), jnp.int32)
-    codes = jnp.asarray(rng.integers(0, 16, (3, N)), jnp.int32)
-    t2i, _ = sl.t2i_layout(text, jnp.asarray([3, 0, 40]), VOCAB.image_token(codes), VOCAB, S,
-                           image_mask=jnp.asarray(rng.random((3, N)) < 0.5), drop=jnp.asarray([False, True, False]))
-    lm_text = jnp.asarray(rng.integers(3, 40, (2, t)), jnp.int32)
-    lm, _ = sl.lm_layout(lm_text, jnp.asarray([5, t]), VOCAB, t)
-    conv = jnp.asarray(rng.integers(3, 40, (3, S)), jnp.int32)
-    mmu, _ = sl.mmu_instruct_layout(VOCAB.image_token(codes), conv, jnp.ones((3, S), bool), jnp.asarray([4, 0, S]),
-                                    VOCAB, S)
-    return jnp.concatenate([t2i, lm, mmu]), {"t2i": 3, "lm": 2, "mmu": 3}
+    rows = []
+    for _ in range(bundles):
+        text = jnp.asarray(rng.integers(3, 40, (3, S)), jnp.int32)
+        codes = jnp.asarray(rng.integers(0, 16, (3, N)), jnp.int32)
+        t2i, _ = sl.t2i_layout(text, jnp.asarray([3, 0, 40]), VOCAB.image_token(codes), VOCAB, S,
+                               image_mask=jnp.asarray(rng.random((3, N)) < 0.5),
+                               drop=jnp.asarray([False, True, False]))
+        lm_text = jnp.asarray(rng.integers(3, 40, (2, t)), jnp.int32)
+        lm, _ = sl.lm_layout(lm_text, jnp.asarray([5, t]), VOCAB, t)
+        conv = jnp.asarray(rng.integers(3, 40, (3, S)), jnp.int32)
+        mmu, _ = sl.mmu_instruct_layout(VOCAB.image_token(codes), conv, jnp.ones((3, S), bool),
+                                        jnp.asarray([4, 0, S]), VOCAB, S)
+        rows += [t2i, lm, mmu]
+    return jnp.concatenate(rows), {"t2i": 3, "lm": 2, "mmu": 3}
 
 
 def block_mask_of(ids: jax.Array, rows: dict[str, int]) -> BlockMask:
@@ -42,17 +47,20 @@ def block_mask_of(ids: jax.Array, rows: dict[str, int]) -> BlockMask:
 
 
 def test_showo_block_mask_is_the_omni_attention_mask():
-    ids, rows = showo_rows(np.random.default_rng(0))
+    ids, rows = showo_rows(np.random.default_rng(0), bundles=2)
     expected = masks.showo_mask(ids, pad_id=VOCAB.pad_id, soi_id=VOCAB.soi_id, eoi_id=VOCAB.eoi_id,
                                 mmu_id=VOCAB.mmu_id)
     got = block_mask_of(ids, rows).dense(ids.shape[0], ids.shape[1], ids.shape[1])
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     assert (np.asarray(ids[0]) == VOCAB.pad_id).sum() > 0  # the left pads really are in the test
+    assert int(ids[8, 0]) != VOCAB.mmu_id and int(ids[15, 0]) == VOCAB.mmu_id  # bundle 2 starts again with T2I
 
 
 def test_block_mask_rejects_groups_that_do_not_cover_the_batch():
     with pytest.raises(ValueError, match="do not cover"):
-        BlockMask(None, ((CAUSAL, 3),)).row_groups(4)
+        BlockMask(None, ((CAUSAL, 3),)).period_groups(4)
+    with pytest.raises(ValueError, match="do not tile"):
+        BlockMask(None, ((CAUSAL, 3), (CAUSAL, 2)), periodic=True).period_groups(12)
     with pytest.raises(ValueError, match="full_rows_from=0"):
         MaskPattern(causal=False, full_rows_from=5)
 
@@ -86,6 +94,17 @@ def test_splash_matches_xla_on_every_showo_row_type(dtype, tol):
         for name, g, r in zip("qkv", grads, ref_grads):
             np.testing.assert_allclose(f32(g[first:stop]), f32(r[first:stop]), atol=tol * 4, rtol=tol,
                                        err_msg=f"{part} d{name}")
+
+
+def test_splash_groups_rows_across_shards(monkeypatch):
+    """Batch shards that do not hold whole periods: each row group is cut from the global batch instead."""
+    ids, rows = showo_rows(np.random.default_rng(4), bundles=2)
+    mask = block_mask_of(ids, rows)
+    q, k, v = random_qkv(ids.shape[0], ids.shape[1], 2, 1, jnp.float32, seed=5)
+    monkeypatch.setattr(splash, "_batch_shards", lambda: 4)  # 2 bundles over 4 shards
+    out = splash.splash_attention(q, k, v, mask)
+    ref = attention_op(q, k, v, mask=mask, backend="xla")
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=2e-5)
 
 
 def test_splash_causal_with_packing_and_lengths():

@@ -188,7 +188,10 @@ class ShowoTask(Task):
 
     def build_rows(self, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
                    ) -> tuple[jax.Array, jax.Array, dict[str, int]]:
-        """(ids, labels, sub-batch sizes) of the [t2i; lm; mmu] rows, all of length S + N + 3."""
+        """(ids, labels, rows per bundle) of the [t2i; lm; mmu] rows of each bundle in turn, all of length S + N + 3.
+
+        Bundle-major, so the rows of a bundle stay on the chip that holds the bundle: the row types are split
+        again (attention groups, per-part losses) by position within the bundle, without moving data."""
         cfg, v, s = self.config.showo, self.vocab, self.s
         flat = lambda x: x.reshape((-1, *x.shape[2:]))
         rows, labels, sizes = [], [], {}
@@ -201,18 +204,20 @@ class ShowoTask(Task):
             ids, lab = layout.t2i_layout(flat(batch["t2i_text"]), flat(batch["t2i_text_len"]), v.image_token(codes),
                                          v, s, image_mask=mask, drop=drop)
             rows.append(ids), labels.append(lab)
-            sizes["t2i"] = codes.shape[0]
+            sizes["t2i"] = self.mix["t2i"]
         if self.mix["lm"]:
             ids, lab = layout.lm_layout(flat(batch["lm_text"]), flat(batch["lm_text_len"]), v, self.seq_len)
             rows.append(ids), labels.append(lab)
-            sizes["lm"] = ids.shape[0]
+            sizes["lm"] = self.mix["lm"]
         if self.mix["mmu"]:
             codes = self._codes(model_state, batch, "mmu")
             ids, lab = layout.mmu_instruct_layout(v.image_token(codes), flat(batch["mmu_conv"]),
                                                   flat(batch["mmu_target"]), flat(batch["mmu_conv_len"]), v, s)
             rows.append(ids), labels.append(lab)
-            sizes["mmu"] = ids.shape[0]
-        return jnp.concatenate(rows), jnp.concatenate(labels), sizes
+            sizes["mmu"] = self.mix["mmu"]
+        bundles = next(iter(batch.values())).shape[0]
+        by_bundle = lambda parts: jnp.concatenate([p.reshape(bundles, -1, p.shape[-1]) for p in parts], axis=1)
+        return by_bundle(rows).reshape(-1, self.seq_len), by_bundle(labels).reshape(-1, self.seq_len), sizes
 
     def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
@@ -224,11 +229,13 @@ class ShowoTask(Task):
         logits = self.model.apply({"params": params}, ids, mask=mask)
         smoothing = self.config.showo.label_smoothing
         out: dict[str, jax.Array] = {}
+        period = sum(sizes.values())
         start = 0
         for part in sb.PARTS:
             if part not in sizes:
                 continue
-            lg, lab = logits[start:start + sizes[part]], labels[start:start + sizes[part]]
+            lg, lab = (x.reshape(-1, period, *x.shape[1:])[:, start:start + sizes[part]].reshape(-1, *x.shape[1:])
+                       for x in (logits, labels))
             start += sizes[part]
             if part == "t2i":
                 out.update(mtp_sums(lg, lab, self.s, self.vocab, smoothing))
