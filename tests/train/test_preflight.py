@@ -60,6 +60,7 @@ def test_tiny_showo_and_llava_compile_for_v5e_with_splash(tmp_path):
     result = run([sys.executable, "-m", "mmjax.train", "--config", "configs/llava/tiny.py", "--compile_only",
                   "--topology", "v5e-4", "--out", str(out), "--config.text.tokenizer=sentencepiece",
                   f"--config.text.tokenizer_path={MISSING}/tokenizer.model", "--config.model.lm.vocab_size=300",
+                  "--config.model.lm.num_layers=1", "--config.model.vision.depth=2",
                   f"--config.init.workdir={MISSING}/run", "--config.data.train.name=llava_json"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verdict: fits" in result.stdout
@@ -67,13 +68,14 @@ def test_tiny_showo_and_llava_compile_for_v5e_with_splash(tmp_path):
 
 
 def test_topology_mesh_follows_the_physical_layout():
-    devices = preflight.topology_devices("v5e:4x4")
-    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 4}, devices)
-    coords = [[tuple(d.coords) for d in row] for row in mesh.devices[0]]
-    # neighbours along `tensor` are neighbouring chips of the torus (a reshape of the id order is not, in general)
-    for row in coords:
-        for a, b in itertools.pairwise(row):
-            assert sum(abs(x - y) for x, y in zip(a, b)) == 1
+    devices = preflight.topology_devices("v5e:4x4")  # 4 hosts of 2x2 chips
+    mesh = make_mesh({"data": 1, "fsdp": 8, "tensor": 2}, devices)
+    # neighbours along `tensor` are neighbouring chips of the torus, on one host
+    for pair in mesh.devices[0]:
+        for a, b in itertools.pairwise(pair):
+            assert sum(abs(x - y) for x, y in zip(a.coords, b.coords)) == 1 and a.process_index == b.process_index
+    with pytest.raises(ValueError, match="spans several hosts"):  # each host would feed the shard its own rows
+        make_mesh({"data": 1, "fsdp": 4, "tensor": 4}, devices)
     two_slices = preflight.topology_devices("v5e:2x2", num_slices=2)
     mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, two_slices)
     assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]  # data spans the slices
@@ -106,3 +108,25 @@ def test_slice_plans_keep_the_global_batch():
         assert llava.mesh.data * llava.mesh.fsdp * llava.mesh.tensor == chips
     with pytest.raises(configlib.ConfigError, match="v5e-16"):
         configlib.load_config_file(os.path.join(REPO, "configs/showo/pretrain.py:stage=1,slice=v4-8"))
+
+
+def test_launch_environment_starts_multi_host_jax(monkeypatch):
+    """worker_loop.sh's MMJAX_DISTRIBUTED=1 makes the trainer call jax.distributed.initialize() (which reads the
+    TPU VM's metadata); a single SLURM task does not."""
+    import jax
+
+    from mmjax.train import sharding
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append("init"))
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "1")
+    sharding.maybe_initialize_distributed()
+    assert calls == ["init"]
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    sharding.maybe_initialize_distributed()
+    assert calls == ["init"]
+    with open(os.path.join(REPO, "scripts/tpu/worker_loop.sh")) as f:
+        assert "export MMJAX_DISTRIBUTED=1" in f.read()
