@@ -24,6 +24,11 @@ Recipe:    per-device mix t2i/lm/mmu = 15/4/10 (stage 1), 10/4/10 (stages 2, 3);
 Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf16 compute, fp32 params, FSDP
            within a host (mesh fsdp=8), full remat per block. The 256 px stage-1 step is checked to compile on 8
            CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
+TPU:       `slice=v5e-16` or `slice=v5p-64` (256 px, any stage) keeps the 48 bundles per update on that slice: mesh,
+           bundles per micro-step and gradient accumulation from `SLICE_PLANS`, checked with the compile-only
+           pre-flight (docs/tpu.md has the per-chip memory):
+           python -m mmjax.train --config configs/showo/pretrain.py:stage=1,slice=v5e-16 --compile_only \
+               --topology v5e-16
 Expected:  the paper's Show-o 1.3B after stage 3: GenEval overall 0.53 (256 px) / 0.68 (512 px: single 0.98,
            two 0.80, counting 0.66, colors 0.84, position 0.31, color-attr 0.50); MSCOCO-30K FID 9.24 (512 px,
            with COCO-like fine-tuning data). Stages 1 and 2 have no published numbers; a normal t2i_loss is 4-8.
@@ -35,11 +40,17 @@ import ml_collections
 from mmjax.configlib import ConfigError, parse_arg
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS
 from mmjax.train.defaults import trainer_config
+from mmjax.train.tpu_slices import SlicePlan, apply_slice_plan
 
 STAGES = {  # mix (t2i, lm, mmu) per device, steps, lr
     1: ((15, 4, 10), 500_000, 1e-4),
     2: ((10, 4, 10), 1_000_000, 1e-4),
     3: ((10, 4, 10), 50_000, 2e-5),
+}
+GLOBAL_BUNDLES = 48  # the reference's 48 GPUs x one bundle each, per update
+SLICE_PLANS = {  # 256 px; (bundles per micro-step) x grad_accum = 48
+    "v5e-16": SlicePlan(fsdp=8, tensor=2, batch_size=8, grad_accum=6),
+    "v5p-64": SlicePlan(fsdp=16, tensor=2, batch_size=48, grad_accum=1),
 }
 T2I_DATA = {  # one folder of shards per stage's mixture (glob patterns have no {a,b} alternatives)
     2: "/data/t2i_sa1b_cc12m_laion_aes/*.array_record",
@@ -83,7 +94,7 @@ def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: i
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, stage=1, res=256, devices=48)
+    arg = parse_arg(arg, stage=1, res=256, devices=48, slice="")
     if arg.stage not in STAGES:
         raise ConfigError(f"stage={arg.stage}: pre-training has stages 1, 2, 3")
     mix, steps, lr = STAGES[arg.stage]
@@ -109,4 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     eval_mmu = ml_collections.ConfigDict(dict(source=arrayrecord("/data/captions_eval/*.array_record"),
                                               format="caption", text_field="caption"))
     c.data.eval = ml_collections.ConfigDict(dict(t2i=t2i_eval, lm=eval_text, mmu=eval_mmu))
+    if arg.slice:
+        if arg.res != 256:
+            raise ConfigError(f"slice={arg.slice}: the TPU slice plans are for res=256")
+        apply_slice_plan(c, arg.slice, SLICE_PLANS, GLOBAL_BUNDLES)
     return c
