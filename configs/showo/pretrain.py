@@ -34,6 +34,11 @@ Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf
            unchanged) and the 58,498-wide head padded to 58,624 (model.vocab_pad_multiple). On chips with less
            memory set model.remat_policy=full (the TPU slice variants do). The 256 px stage-1 step is checked to
            compile on 8 CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
+TPU:       `slice=v5e-16` or `slice=v5p-64` (256 px, any stage) keeps the 48 bundles per update on that slice: mesh,
+           bundles per micro-step and gradient accumulation from `SLICE_PLANS`, checked with the compile-only
+           pre-flight (docs/tpu.md has the per-chip memory):
+           python -m mmjax.train --config configs/showo/pretrain.py:stage=1,slice=v5e-16 --compile_only \
+               --topology v5e-16
 Expected:  the paper's Show-o 1.3B after stage 3: GenEval overall 0.53 (256 px) / 0.68 (512 px: single 0.98,
            two 0.80, counting 0.66, colors 0.84, position 0.31, color-attr 0.50); MSCOCO-30K FID 9.24 (512 px,
            with COCO-like fine-tuning data). Stages 1 and 2 have no published numbers; a normal t2i_loss is 4-8.
@@ -45,11 +50,17 @@ import ml_collections
 from mmjax.configlib import ConfigError, parse_arg
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS
 from mmjax.train.defaults import trainer_config
+from mmjax.train.tpu_slices import SlicePlan, apply_slice_plan
 
 STAGES = {  # mix (t2i, lm, mmu) per device, steps, lr
     1: ((15, 4, 10), 500_000, 1e-4),
     2: ((10, 4, 10), 1_000_000, 1e-4),
     3: ((10, 4, 10), 50_000, 2e-5),
+}
+GLOBAL_BUNDLES = 48  # the reference's 48 GPUs x one bundle each, per update
+SLICE_PLANS = {  # 256 px; (bundles per micro-step) x grad_accum = 48
+    "v5e-16": SlicePlan(fsdp=8, tensor=2, batch_size=8, grad_accum=6),
+    "v5p-64": SlicePlan(fsdp=16, tensor=2, batch_size=48, grad_accum=1),
 }
 T2I_DATA = {  # ArrayRecord shards of {"image": bytes, "caption"} per stage's mixture (read by instruct.py)
     2: "/data/t2i_sa1b_cc12m_laion_aes/*.array_record",
@@ -117,7 +128,7 @@ def refinedweb(folder: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, stage=1, res=256, devices=48, data="raw")
+    arg = parse_arg(arg, stage=1, res=256, devices=48, data="raw", slice="")
     if arg.stage not in STAGES:
         raise ConfigError(f"stage={arg.stage}: pre-training has stages 1, 2, 3")
     if arg.data not in DATA:
@@ -143,4 +154,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train = ml_collections.ConfigDict(dict(t2i=t2i, lm=refinedweb("refinedweb"), mmu=mmu))
     eval_mmu = ml_collections.ConfigDict(dict(source=pairs("captions_eval"), format="caption", text_field="caption"))
     c.data.eval = ml_collections.ConfigDict(dict(t2i=t2i_eval, lm=refinedweb("refinedweb_eval"), mmu=eval_mmu))
+    if arg.slice:
+        if arg.res != 256:
+            raise ConfigError(f"slice={arg.slice}: the TPU slice plans are for res=256")
+        apply_slice_plan(c, arg.slice, SLICE_PLANS, GLOBAL_BUNDLES)
     return c
