@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +34,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from mmjax import configlib, paths
+from mmjax import configlib
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
