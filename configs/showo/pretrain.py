@@ -158,4 +158,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if arg.res != 256:
             raise ConfigError(f"slice={arg.slice}: the TPU slice plans are for res=256")
         apply_slice_plan(c, arg.slice, SLICE_PLANS, GLOBAL_BUNDLES)
+        # 16-95 GiB chips, not an H200's 141: blocks rematerialised, and scanned (one block to compile, the layout
+        # MaxText uses on TPU); the pre-flight numbers in docs/tpu.md are for these settings.
+        c.model.update(remat_policy="full", scan_layers=True)
     return c
