@@ -56,6 +56,23 @@ def test_showo_block_mask_is_the_omni_attention_mask():
     assert int(ids[8, 0]) != VOCAB.mmu_id and int(ids[15, 0]) == VOCAB.mmu_id  # bundle 2 starts again with T2I
 
 
+def test_showo_block_mask_on_rows_padded_to_a_multiple():
+    """`showo.seq_multiple` pads T2I rows on the left (the image span moves right by the extra) and LM / MMU rows
+    on the right; the block mask, given the grown text span, is still the omni-attention mask of those rows."""
+    ids, rows = showo_rows(np.random.default_rng(1), bundles=2)
+    extra, period = 8, sum(rows.values())
+    kinds = np.tile(np.repeat(["t2i", "lm", "mmu"], list(rows.values())), 2)
+    labels = jnp.zeros_like(ids)
+    padded = jnp.concatenate([sl.pad_rows(ids[i:i + 1], labels[i:i + 1], ids.shape[1] + extra, VOCAB,
+                                          left=kinds[i] == "t2i")[0] for i in range(ids.shape[0])])
+    expected = masks.showo_mask(padded, pad_id=VOCAB.pad_id, soi_id=VOCAB.soi_id, eoi_id=VOCAB.eoi_id,
+                                mmu_id=VOCAB.mmu_id)
+    mask = showo_block_mask(padded, rows, max_text_len=S + extra, num_image_tokens=N, pad_id=VOCAB.pad_id)
+    t = padded.shape[1]
+    np.testing.assert_array_equal(np.asarray(mask.dense(padded.shape[0], t, t)), np.asarray(expected))
+    assert (np.asarray(padded[period, :extra]) == VOCAB.pad_id).all()  # bundle 2's first T2I row grew on the left
+
+
 def test_block_mask_rejects_groups_that_do_not_cover_the_batch():
     with pytest.raises(ValueError, match="do not cover"):
         BlockMask(None, ((CAUSAL, 3),)).period_groups(4)
