@@ -24,7 +24,8 @@ import pytest
 from mmjax import configlib, sample
 from mmjax.models import showo_layout as sl
 from mmjax.models.vq import VQConfig, VQModel
-from mmjax.train.tasks.showo import ShowoTask, mtp_sums
+from mmjax.train.tasks.showo import ShowoTask
+from mmjax.train.tasks.showo_loss import mtp_sums
 from mmjax.train.trainer import Trainer
 from tests.helpers import REPO, run
 
