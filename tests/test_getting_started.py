@@ -5,7 +5,8 @@ samples -> a question about a sample; LLaVA stage 1 -> stage 2 -> evaluation), w
 a fresh clone. The test runs exactly the documented commands; the only thing it adds are `--config.<field>=<value>`
 overrides (a documented mechanism) that shrink step counts and evaluation sizes, and it then checks that each
 output exists and names the run that made it. The directory holds what a clone's root holds for these commands:
-`configs/` (linked; the package comes through PYTHONPATH).
+`configs/` (linked; the package comes through PYTHONPATH). The Show-o chain runs in the default suite; the LLaVA
+chain, another ~90 s of compiling on 2 CPU cores, runs with `-m slow`.
 """
 
 from __future__ import annotations
