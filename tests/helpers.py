@@ -23,6 +23,6 @@ def train_cmd(config: str, workdir: str, *overrides: str) -> list[str]:
             *[f"--config.{o}" for o in overrides]]
 
 
-def run(cmd: list[str], devices: int | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=subprocess_env(devices), cwd=REPO, capture_output=True, text=True,
+def run(cmd: list[str], devices: int | None = None, timeout: int = 600, cwd: str = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=subprocess_env(devices), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
