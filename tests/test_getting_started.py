@@ -34,9 +34,6 @@ TINY = {
     "configs/llava/tiny.py": ["total_steps=2", "data.eval.num_records=8", "eval.num_examples=8",
                               "eval_batch_size=8"],
 }
-# XLA's CPU compile dominates these 2-step runs; its lowest optimisation level halves it and changes no output the
-# test checks (files and the runs they name, not numbers).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def documented_commands(markdown: str) -> list[list[str]]:
@@ -81,17 +78,10 @@ def test_documented_commands_chain():
     assert all(any(option(cmd, "--config").startswith(k) for k in TINY) for cmd in commands if cmd[2] == "mmjax.train")
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-def follow(root, monkeypatch: pytest.MonkeyPatch, part: str) -> None:
+def follow(root, part: str) -> None:
     """Runs the page's commands of one chain (`showo` or `llava`: whether they name a runs/llava_tiny run) in
     order, in `root`, which holds what a fresh clone's root holds for them."""
     os.symlink(os.path.join(REPO, "configs"), root / "configs")
-    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     for cmd in documented_commands(Path(DOC).read_text(encoding="utf-8")):
         if ("llava" if option(cmd, "--workdir").startswith("runs/llava") else "showo") == part:
             done = run(with_tiny_settings(cmd), cwd=str(root), timeout=600)
@@ -99,16 +89,16 @@ def follow(root, monkeypatch: pytest.MonkeyPatch, part: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def showo_followed(tmp_path_factory, monkeypatch_module):
+def showo_followed(tmp_path_factory):
     root = tmp_path_factory.mktemp("clone")
-    follow(root, monkeypatch_module, "showo")
+    follow(root, "showo")
     return root
 
 
 @pytest.fixture(scope="module")
-def llava_followed(tmp_path_factory, monkeypatch_module):
+def llava_followed(tmp_path_factory):
     root = tmp_path_factory.mktemp("clone")
-    follow(root, monkeypatch_module, "llava")
+    follow(root, "llava")
     return root
 
 
