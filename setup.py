@@ -11,6 +11,7 @@ CORE = [
     "ml-collections>=1.1.0",
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8",
+    "pyarrow>=14",            # parquet corpora: img2dataset's parquet output, RefinedWeb
     "safetensors>=0.4",
     "numpy>=1.26",
     "pillow>=10.0",
@@ -30,10 +31,13 @@ setup(
     packages=find_packages(include=["mmjax", "mmjax.*"]),
     install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-image>=0.22"],
+        # jax[tpu] brings libtpu, which compiles for TPU slices on any machine (tests/train/test_preflight.py).
+        # Its extra pins the libtpu release of the *installed* jax, so a newer jax gets its own libtpu.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-image>=0.22", "jax[tpu]>=0.10.2"],
         # Parity tests against the PyTorch references; `pip install torch==2.13.0` first for a CPU-only build.
         "parity": ["torch>=2.4", "transformers>=4.50"],
         "gpu": ["jax[cuda12]>=0.10.2"],
-        "tpu": ["jax[tpu]>=0.10.2"],
+        # Cloud TPU VMs: libtpu, and gs:// workdirs (gcsfs for etils.epath, google-cloud-storage for TensorBoard).
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
     },
 )

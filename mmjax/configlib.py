@@ -199,5 +199,6 @@ def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
 
 def write_json(config: ml_collections.ConfigDict, path: str) -> None:
     """Writes the resolved config as `config.json` (what a run actually used, overrides included)."""
-    with open(path, "w") as f:
-        json.dump(to_dict(config), f, indent=2, sort_keys=True)
+    from etils import epath  # the path may be a gs:// URL (mmjax.paths)
+
+    epath.Path(path).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))

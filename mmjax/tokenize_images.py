@@ -1,4 +1,4 @@
-"""Use a trained image tokenizer: reconstruct a folder of images, or tokenize a data set into ArrayRecord shards.
+r"""Use a trained image tokenizer: reconstruct a folder of images, or tokenize a corpus into ArrayRecord shards.
 
 Reconstruct (a quick look at what the tokenizer keeps):
     python -m mmjax.tokenize_images --workdir runs/vq_tiny --images DIR --out OUT
@@ -6,17 +6,22 @@ writes OUT/<name>.png = [original | reconstruction] side by side (after the toke
 and OUT/summary.json with the PSNR (dB) of each image; the reconstruction is decode(encode(x)) through the ids.
 
 Tokenize (pre-computed ids make Show-o training skip the tokenizer's encoder entirely):
-    python -m mmjax.tokenize_images --workdir runs/vq_tiny --dataset-config configs/vq/tiny.py \
-        [--split train] --shards 4 --out DIR [--limit N]
-writes DIR/ids-0000k-of-0000N.array_record, each record a msgpack dict {"ids": int32 (h, w), plus every
-scalar/string field of the source record passed through (caption, question, answer, label, ...)}, read back with
-`mmjax.data.records.decode` or `config.data.train = {name: "arrayrecord", pattern: "DIR/ids-*.array_record"}`;
-and DIR/tokenizer.json (id grid, codebook size, bit order, image size, where the tokenizer and data came from).
-Records are kept in source order, split into contiguous shards; records that fail to load or preprocess are
-skipped and counted (the count is printed and stored in tokenizer.json).
+    python -m mmjax.tokenize_images --config configs/vq/showo_magvitv2.py:res=256,weights=/models/magvitv2.safetensors \
+        --data name=webdataset --data "pattern=/data/cc12m/*.tar" --out /data/cc12m_ids256 [--records_per_shard N]
+    python -m mmjax.tokenize_images --workdir runs/vq_tiny --dataset-config configs/vq/tiny.py --split eval \
+        --out DIR
+The source is `--data key=value ...` (a `config.data.<split>` section: webdataset, parquet, imagefolder,
+arrayrecord, tfds, ...; values are Python literals or strings) or `--dataset-config FILE[:arg] --split S`. Each
+host (`--host_index/--host_count`, default jax.process_index/count) tokenizes its own records on all its local
+accelerators (the batch sharded over them, compiled once) into DIR/ids-h<host>-<shard>.array_record: msgpack
+records {"ids": int32 (h, w), plus the record's scalar and string fields: caption, key, ...}, read back with
+`config.data.train = {name: "arrayrecord", pattern: "DIR/ids-*.array_record"}` (Show-o's configs: `data=tokenized`).
+DIR/tokenizer.json holds the id grid, codebook size, bit order, image size and what the job read. A restarted job
+continues after the shards already written and produces byte-identical shards (`mmjax.pretokenize`). Bad records
+are skipped and counted by reason; the summary (printed, and DIR/summary-h<host>.json) gives images/s.
 
 The tokenizer is a training run (`--workdir`: its config.json and newest checkpoint, EMA params when the run kept
-them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py`).
+them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py:...`).
 Errors in the arguments, the run or the data are one `error:` line with exit status 2 (`--debug` for the
 traceback; see `mmjax.cli`).
 """
@@ -24,11 +29,12 @@ traceback; see `mmjax.cli`).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
@@ -95,6 +101,32 @@ class Tokenizer:
 
         return np.asarray(encode_to_ids(self.model, self.variables, images))
 
+    def sharded_encoder(self, batch: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+        """(images -> ids on every local accelerator, the batch size rounded up to a multiple of their count):
+        the batch is split over the local devices, the tokenizer replicated, compiled once for that size."""
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        from mmjax.models.vq import encode_to_ids
+
+        devices = jax.local_devices()
+        batch = -(-batch // len(devices)) * len(devices)
+        mesh = Mesh(np.array(devices), ("batch",))
+        rows, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+        variables = jax.device_put(self.variables, replicated)
+
+        def encode(images: np.ndarray) -> np.ndarray:
+            return np.asarray(encode_to_ids(self.model, variables, jax.device_put(images, rows)))
+
+        return encode, batch
+
+    def job_spec(self) -> dict[str, Any]:
+        """What pre-tokenized shards depend on (and what a reader needs to know about their ids)."""
+        cfg = self.task.vq_config
+        grid = self.image_size // cfg.downsample_factor
+        return {"grid": [grid, grid], "codebook_size": cfg.num_codes, "quantizer": cfg.quantizer,
+                "msb_first": cfg.msb_first, "image_size": self.image_size, "tokenizer": self.source_name}
+
     def decode(self, ids: np.ndarray) -> np.ndarray:
         from mmjax.models.vq import decode_ids
 
@@ -143,65 +175,15 @@ def reconstruct_folder(tok: Tokenizer, images_dir: str, out_dir: str, batch: int
     return summary
 
 
-def _passthrough(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's scalar / string / small-vector fields (not the image) as msgpack-friendly values."""
-    out = {}
-    for key, value in record.items():
-        if key in ("image", "ids"):
-            continue
-        if isinstance(value, str | bytes | bool | int | float):
-            out[key] = value
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-        elif isinstance(value, np.ndarray) and value.ndim <= 1:
-            out[key] = value
-    return out
-
-
-def tokenize_source(tok: Tokenizer, source: Any, out_dir: str, shards: int, batch: int = 64,
-                    limit: int | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Encodes every record of `source` into `shards` contiguous ArrayRecord files of {"ids", passthrough}."""
-    from mmjax.data.records import write_array_record
-
-    total = min(len(source), limit) if limit else len(source)
-    if shards < 1 or total < 1:
-        raise ValueError(f"need shards >= 1 and at least one record (shards={shards}, records={total})")
-    os.makedirs(out_dir, exist_ok=True)
-    skipped: dict[str, int] = {}
-    grid: tuple[int, ...] = ()
-    files, written = [], 0
-
-    def shard_records(lo: int, hi: int) -> Iterator[dict[str, Any]]:
-        nonlocal grid
-        kept: list[tuple[np.ndarray, dict[str, Any]]] = []
-        for i in range(lo, hi):
-            try:
-                record = source[i]
-                if record is None:
-                    raise ValueError("undecodable record")
-                kept.append((tok.preprocess(record["image"]), _passthrough(record)))
-            except Exception as e:  # one bad record never ends a long job: skip, count, say why (first few)
-                skipped[type(e).__name__] = skipped.get(type(e).__name__, 0) + 1
-                if sum(skipped.values()) <= 3:
-                    log.warning("skipping record %d: %s: %s", i, type(e).__name__, e)
-        for chunk, n in _padded_batches(kept, batch):
-            ids = tok.encode(np.stack([x for x, _ in chunk])).astype(np.int32)
-            grid = ids.shape[1:]
-            for (_, extra), row in zip(chunk[:n], ids[:n]):
-                yield {"ids": row, **extra}
-
-    for k in range(shards):
-        lo, hi = k * total // shards, (k + 1) * total // shards
-        path = os.path.join(out_dir, f"ids-{k:05d}-of-{shards:05d}.array_record")
-        written += write_array_record(path, shard_records(lo, hi))
-        files.append(os.path.basename(path))
-    cfg = tok.task.vq_config
-    info = {"grid": list(grid), "codebook_size": cfg.num_codes, "quantizer": cfg.quantizer,
-            "msb_first": cfg.msb_first, "image_size": tok.image_size, "tokenizer": tok.source_name,
-            "records": written, "skipped": skipped, "files": files, **(meta or {})}
-    with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    return info
+def data_option(text: str) -> tuple[str, Any]:
+    """`key=value` of `--data`: the value as a Python literal when it is one (3, [1, 2], True), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,21 +191,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="a training run of the tokenizer (config.json + checkpoints)")
     parser.add_argument("--config", help="instead of --workdir: a vq config whose pretrained.path names weights")
     parser.add_argument("--images", help="reconstruct every image in this folder")
-    parser.add_argument("--dataset-config", help="tokenize config.data.<split> of this config file[:arg]")
+    parser.add_argument("--data", type=data_option, action="append", metavar="KEY=VALUE",
+                        help="the source to tokenize, as config.data.<split> fields (repeat: name=..., pattern=...)")
+    parser.add_argument("--dataset-config", help="instead of --data: tokenize config.data.<split> of FILE[:arg]")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--shards", type=cli.int_at_least(1), default=1)
+    parser.add_argument("--records_per_shard", type=cli.int_at_least(1), default=10_000,
+                        help="input records per output shard (the unit of resumption)")
     parser.add_argument("--limit", type=cli.int_at_least(0), default=0,
-                        help="tokenize only the first N records (0: all)")
-    parser.add_argument("--batch", type=cli.int_at_least(1), default=64)
+                        help="tokenize only the first N records of each host (0: all)")
+    parser.add_argument("--batch", type=cli.int_at_least(1), default=64,
+                        help="images per encoder call (rounded up to a multiple of the local device count)")
+    parser.add_argument("--workers", type=cli.int_at_least(1), default=min(16, os.cpu_count() or 1),
+                        help="threads that read and decode records")
+    parser.add_argument("--host_index", type=int, default=-1, help="this host (default: jax.process_index())")
+    parser.add_argument("--host_count", type=int, default=-1, help="hosts writing shards (jax.process_count())")
     parser.add_argument("--size", type=cli.int_at_least(0), default=0, help="image size (default: the tokenizer's)")
+    parser.add_argument("--log_every_s", type=float, default=30.0, help="progress line period without a terminal")
+    parser.add_argument("--stop_after", type=cli.int_at_least(1), default=None,
+                        help="stop after N records of this run, leaving the shard in progress unfinished, as a "
+                             "killed job does (for trials and the resumption test)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cli.setup_logging()
-    if bool(args.images) == bool(args.dataset_config):
-        parser.error("give exactly one of --images DIR or --dataset-config FILE")
+    if sum(bool(x) for x in (args.images, args.data, args.dataset_config)) != 1:
+        parser.error("give exactly one of --images DIR, --data KEY=VALUE ... or --dataset-config FILE")
     if bool(args.workdir) == bool(args.config):
         parser.error("give exactly one of --workdir (a trained run) or --config (pretrained weights)")
     return cli.run_main(lambda: _tokenize(parser, args), debug=args.debug)
+
+
+def _data_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    if args.data:
+        data = dict(args.data)
+        if "name" not in data:
+            parser.error("--data needs name=<source> (webdataset, parquet, imagefolder, arrayrecord, ...)")
+        return data
+    from mmjax import configlib
+
+    data_cfg = configlib.load_config_file(args.dataset_config)
+    if args.split not in data_cfg.data:
+        parser.error(f"{args.dataset_config} has no config.data.{args.split}; has {sorted(data_cfg.data.keys())}")
+    return configlib.to_dict(data_cfg.data[args.split])
 
 
 def _tokenize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -237,16 +245,26 @@ def _tokenize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"{name}: {score:.2f} dB")
         print(f"mean PSNR {summary['mean_psnr']:.2f} dB over {len(summary['psnr'])} images -> {args.out}")
         return 0
-    from mmjax import configlib
-    from mmjax.data.sources import make_source
+    from mmjax import pretokenize
+    from mmjax.data.sharded import host_share
 
-    data_cfg = configlib.load_config_file(args.dataset_config)
-    if args.split not in data_cfg.data:
-        parser.error(f"{args.dataset_config} has no config.data.{args.split}; has {sorted(data_cfg.data.keys())}")
-    info = tokenize_source(tok, make_source(data_cfg.data[args.split]), args.out, args.shards, args.batch,
-                           args.limit or None, meta={"dataset_config": args.dataset_config, "split": args.split})
-    print(f"{info['records']} records -> {args.shards} shard(s) in {args.out}; ids grid {info['grid']}, "
-          f"codebook {info['codebook_size']}, skipped {sum(info['skipped'].values())}")
+    data = _data_config(parser, args)
+    host, hosts = host_share(args.host_index, args.host_count)
+    encode, batch = tok.sharded_encoder(args.batch)
+    os.makedirs(args.out, exist_ok=True)
+    pretokenize.check_job(args.out, {**tok.job_spec(), "data": data, "records_per_shard": args.records_per_shard,
+                                     "host_count": hosts, "limit": args.limit})
+    writer = pretokenize.ShardWriter(pretokenize.host_records(data, host, hosts), pretokenize.decoded(tok.preprocess),
+                                     encode, args.out, host, args.records_per_shard, batch, args.workers,
+                                     args.limit or None)
+    summary = writer.run(args.log_every_s, args.stop_after)
+    with open(os.path.join(args.out, f"summary-h{host:04d}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    skipped = ", ".join(f"{k} x{n}" for k, n in sorted(summary["skipped"].items())) or "none"
+    state = "done" if summary["complete"] else "STOPPED early (run the same command again to continue)"
+    print(f"host {host}/{hosts}: {summary['records']} records in {summary['shards']}/{summary['of_shards']} "
+          f"shard(s) in {args.out}, {state}; this run {summary['new_inputs']} inputs at "
+          f"{summary['images_per_s']:.1f} images/s; skipped: {skipped}")
     return 0
 
 

@@ -32,7 +32,8 @@ platform.configure_xla_flags()
 
 import jax  # noqa: E402
 
-from mmjax.bench import generation, scaling, training  # noqa: E402
+from mmjax.bench import generation, kernels, scaling, training  # noqa: E402
+from mmjax.bench import input as input_workloads  # noqa: E402
 from mmjax.bench.measure import hbm_bandwidth, matmul_ceiling  # noqa: E402
 from mmjax.bench.peers import run_peer  # noqa: E402
 
@@ -51,6 +52,10 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "t2i_256": (generation.t2i, dict(batch=32), dict(batch=2, res=64, steps=3, preset="tiny-phi")),
     "t2i_256_b1": (generation.t2i, dict(batch=1), {}),
     "mmu_decode": (generation.mmu_decode, dict(batch=1), dict(batch=2, res=64, new=4, preset="tiny-phi")),
+    "matmul_shapes": (kernels.matmul_shapes, {}, {}),
+    "attention_padding": (kernels.attention_padding, {}, {}),
+    "embedding_grad": (kernels.embedding_gradient, {}, {}),
+    **input_workloads.WORKLOADS,  # input_llava_ov, input_showo_raw, input_showo_tokenized: host preprocessing rates
 }
 
 # --devices: (config, overrides, per-device batch) of the workloads whose multi-device scaling is measured
@@ -85,7 +90,8 @@ def _ratio(mine: dict[str, Any], peer: dict[str, Any]) -> float | None:
     return peer["ms"] / mine["ms"]
 
 
-def run_one(name: str, tiny: bool, iters: int, ceiling: float | None, hbm: float | None) -> dict[str, Any]:
+def run_one(name: str, tiny: bool, iters: int, ceiling: float | None, hbm: float | None,
+            overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """One workload in this process: {"result": ..., "peer": (workload, spec)} or the ceilings and device info."""
     if name == "ceilings":
         on_gpu = jax.default_backend() == "gpu"
@@ -98,6 +104,10 @@ def run_one(name: str, tiny: bool, iters: int, ceiling: float | None, hbm: float
     for key, value in (("ceiling", ceiling), ("hbm", hbm), ("iters", iters)):
         if key in fn.__code__.co_varnames:
             kwargs[key] = value
+    if overrides:
+        if "overrides" not in fn.__code__.co_varnames:
+            return {"result": {"error": f"--set applies to config-built training workloads, not {name}"}}
+        kwargs["overrides"] = (*kwargs.get("overrides", ()), *overrides)
     try:
         return fn(**kwargs)
     except Exception as e:  # one failing workload must not lose the others' numbers
@@ -111,6 +121,8 @@ def in_subprocess(name: str, args: argparse.Namespace, timeout: float, ceilings:
            "--ceiling", str(ceilings.get("matmul_flops") or 0), "--hbm", str(ceilings.get("hbm_bytes_s") or 0)]
     if args.tiny:
         cmd.append("--tiny")
+    for override in args.set:
+        cmd += ["--set", override]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -132,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", help="comma-separated device counts for weak scaling (e.g. 1,2,4)")
     parser.add_argument("--json", help="write every result to this file")
     parser.add_argument("--budget", type=float, default=0, help="seconds; later workloads are skipped past it")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config override for the training workloads, e.g. --set model.scan_layers=True")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one workload in this process
     parser.add_argument("--ceiling", type=float, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--hbm", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        out = run_one(args.one, args.tiny, args.iters, args.ceiling or None, args.hbm or None)
+        out = run_one(args.one, args.tiny, args.iters, args.ceiling or None, args.hbm or None, tuple(args.set))
         print("BENCH_RESULT " + json.dumps(out, default=str), flush=True)
         return 0
     began = time.time()

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from mmjax import cli, configlib, sample, tokenize_images
+from mmjax.data import sources
 from mmjax.eval import run as eval_run
 from mmjax.train import __main__ as train_cli
 from tests.helpers import REPO, run, train_cmd
@@ -51,7 +52,7 @@ def test_the_train_command_reports_an_unknown_data_source_in_one_line(tmp_path):
     result = run(train_cmd(DIGITS, str(tmp_path / "run"), "data.train.name=imagenet"), timeout=300)
     assert result.returncode == cli.EXIT_USAGE, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown data source 'imagenet' (digits | shapes | tfds | arrayrecord | photos)"]
+    assert errors == [f"error: unknown data source 'imagenet' ({' | '.join(sources.SOURCE_NAMES)})"]
     assert "Traceback" not in result.stderr
 
 

@@ -1,11 +1,13 @@
-"""`python -m mmjax.tokenize_images`: side-by-side reconstructions of a folder, and ArrayRecord id shards whose
-ids decode back (round trip through mmjax.data.records.decode)."""
+"""`python -m mmjax.tokenize_images`: side-by-side reconstructions of a folder; ArrayRecord id shards whose ids
+decode back; a job stopped half-way and restarted writes byte-identical shards; hosts write their own shards; the
+batch is sharded over the local devices."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,9 +16,11 @@ from PIL import Image
 from mmjax import configlib
 from mmjax.data.records import decode
 from mmjax.data.shapes import ShapesConfig, ShapesSource
+from mmjax.data.sources import DataError
 from mmjax.tokenize_images import Tokenizer, main
 from mmjax.train.trainer import Trainer
-from tests.helpers import REPO
+from tests.data.corpora import shape_samples, write_corpus
+from tests.helpers import REPO, run
 
 DATA_CONFIG = os.path.join(REPO, "configs/vq/tiny.py") + ":size=16"
 
@@ -49,21 +53,29 @@ def test_reconstructs_a_folder_side_by_side_and_skips_unreadable_files(run_dir, 
     assert "mean PSNR" in capsys.readouterr().out
 
 
-def test_tokenizes_a_source_into_shards_whose_ids_decode_back(run_dir, tmp_path):
+def read_shards(out) -> list[dict]:
     from array_record.python.array_record_module import ArrayRecordReader
 
-    out = tmp_path / "ids"
-    assert main(["--workdir", run_dir, "--dataset-config", DATA_CONFIG, "--split", "eval", "--shards", "3",
-                 "--limit", "20", "--batch", "8", "--out", str(out)]) == 0
-    files = sorted(glob.glob(str(out / "ids-*.array_record")))
-    assert [os.path.basename(f) for f in files] == [f"ids-0000{k}-of-00003.array_record" for k in range(3)]
     records = []
-    for f in files:
+    for f in sorted(glob.glob(str(out / "ids-*.array_record"))):
         reader = ArrayRecordReader(f)
         records += [decode(r) for r in reader.read_all()]
         reader.close()
+    return records
+
+
+def test_tokenizes_a_source_into_shards_whose_ids_decode_back(run_dir, tmp_path, capsys):
+    out = tmp_path / "ids"
+    assert main(["--workdir", run_dir, "--dataset-config", DATA_CONFIG, "--split", "eval", "--records_per_shard", "8",
+                 "--limit", "20", "--batch", "8", "--out", str(out)]) == 0
+    files = sorted(glob.glob(str(out / "ids-*.array_record")))
+    assert [os.path.basename(f) for f in files] == [f"ids-h0000-00000{k}.array_record" for k in range(3)]
+    records = read_shards(out)
     info = json.loads((out / "tokenizer.json").read_text())
-    assert len(records) == info["records"] == 20 and info["grid"] == [4, 4] and info["codebook_size"] == 32
+    summary = json.loads((out / "summary-h0000.json").read_text())
+    assert len(records) == summary["records"] == 20 and summary["skipped"] == {} and summary["complete"]
+    assert info["grid"] == [4, 4] and info["codebook_size"] == 32 and info["records_per_shard"] == 8
+    assert "20 records in 3/3 shard(s)" in capsys.readouterr().out
     tok = Tokenizer(workdir=run_dir)
     source = configlib.load_config_file(DATA_CONFIG).data.eval
     src = ShapesSource(ShapesConfig(resolution=16), num_records=source.num_records, seed=source.seed)
@@ -74,6 +86,90 @@ def test_tokenizes_a_source_into_shards_whose_ids_decode_back(run_dir, tmp_path)
     assert [r["caption"] for r in records] == [src[i]["caption"] for i in range(20)]   # passthrough fields
     np.testing.assert_allclose(tok.decode(ids), tok.decode(tok.encode(images)), atol=1e-6)  # ids decode back
     assert tok.decode(ids).shape == (20, 16, 16, 3)
+
+
+def tar_corpus(tmp_path) -> tuple[list[dict], list[str]]:
+    """23 samples in 3 tar shards (8 + 8 + 7), one corrupt JPEG, one sample without an image."""
+    samples = shape_samples(23, resolution=24, corrupt=(5,), no_image=(17,))
+    cfg = write_corpus("webdataset", str(tmp_path / "wds"), samples, shards=3)
+    return samples, ["--data", "name=webdataset", "--data", f"pattern={cfg['pattern']}"]
+
+
+def tokenize(run_dir, data, out, *extra) -> int:
+    return main(["--workdir", run_dir, *data, "--records_per_shard", "5", "--batch", "4", "--workers", "2",
+                 "--out", str(out), *extra])
+
+
+def shard_bytes(out) -> dict[str, bytes]:
+    return {os.path.basename(f): open(f, "rb").read() for f in sorted(glob.glob(str(out / "ids-*.array_record")))}
+
+
+def test_a_job_stopped_half_way_and_restarted_writes_the_same_bytes(run_dir, tmp_path, capsys):
+    samples, data = tar_corpus(tmp_path)
+    assert tokenize(run_dir, data, tmp_path / "whole", "--log_every_s", "0") == 0
+    progress = capsys.readouterr().err   # not a terminal: a plain line per batch here (every 30 s by default)
+    assert "tokenized 4/23 records" in progress and "tokenized 23/23 records" in progress
+    whole = shard_bytes(tmp_path / "whole")
+    assert len(whole) == 5   # 23 inputs, 5 per shard
+    records = read_shards(tmp_path / "whole")
+    assert [r["key"] for r in records] == [s["key"] for i, s in enumerate(samples) if i not in (5, 17)]
+    assert [r["caption"] for r in records][:5] == [s["caption"] for s in samples[:5]]
+    summary = json.loads((tmp_path / "whole" / "summary-h0000.json").read_text())
+    assert summary["skipped"] == {"ImageDecodeError": 1, "undecodable": 1} and summary["records"] == 21
+
+    out = tmp_path / "resumed"
+    assert tokenize(run_dir, data, out, "--stop_after", "13") == 0    # killed inside shard 2 (inputs 10..14)
+    assert "STOPPED early" in capsys.readouterr().out
+    assert sorted(shard_bytes(out)) == ["ids-h0000-000000.array_record", "ids-h0000-000001.array_record"]
+    assert os.path.exists(out / "ids-h0000-000002.array_record.tmp")
+    assert tokenize(run_dir, data, out) == 0
+    assert shard_bytes(out) == whole
+    assert json.loads((out / "summary-h0000.json").read_text())["skipped"] == summary["skipped"]
+    assert "this run 13 inputs at" in capsys.readouterr().out   # redid shard 2, then 3 and 4: 5 + 5 + 3
+
+    with pytest.raises(DataError, match="records_per_shard differ"):
+        main(["--workdir", run_dir, *data, "--records_per_shard", "6", "--out", str(out), "--debug"])
+
+
+def test_hosts_write_their_own_shards_of_their_own_tar_files(run_dir, tmp_path):
+    samples, data = tar_corpus(tmp_path)
+    out = tmp_path / "ids"
+    for host in (0, 1):
+        assert tokenize(run_dir, data, out, "--host_index", str(host), "--host_count", "2") == 0
+    host_files = lambda h: sorted(glob.glob(str(out / f"ids-h000{h}-*.array_record")))
+    assert len(host_files(0)) == 3 and len(host_files(1)) == 2   # tars 0 + 2 (15 inputs) | tar 1 (8 inputs)
+    kept = [i for i in range(23) if i not in (5, 17)]
+    assert [r["key"] for r in read_shards(out)] == [samples[i]["key"] for i in kept if i // 8 != 1] + [
+        samples[i]["key"] for i in kept if i // 8 == 1]
+
+
+def test_llava_json_conversations_are_kept_and_text_only_records_counted(run_dir, tmp_path):
+    samples = shape_samples(2, resolution=24)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.jpg").write_bytes(samples[0]["image"])
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": samples[0]["caption"]}]
+    data = [{"id": "1", "image": "a.jpg", "conversations": conv},
+            {"id": "2", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+            {"id": "3", "image": "gone.jpg", "conversations": conv}]
+    (tmp_path / "llava.json").write_text(json.dumps(data))
+    out = tmp_path / "ids"
+    assert tokenize(run_dir, ["--data", "name=llava_json", "--data", f"json={tmp_path / 'llava.json'}",
+                              "--data", f"images={tmp_path / 'img'}"], out) == 0
+    (record,) = read_shards(out)
+    assert record["id"] == "1" and json.loads(record["conversations"]) == conv and "image_paths" not in record
+    summary = json.loads((out / "summary-h0000.json").read_text())
+    assert summary["skipped"] == {"NoImageError": 1, "ImageDecodeError": 1}
+
+
+def test_the_batch_is_sharded_over_local_devices_with_the_same_ids(run_dir, tmp_path):
+    _, data = tar_corpus(tmp_path)
+    assert tokenize(run_dir, data, tmp_path / "one") == 0
+    done = run([sys.executable, "-m", "mmjax.tokenize_images", "--workdir", run_dir, *data, "--records_per_shard",
+                "5", "--batch", "3", "--workers", "2", "--out", str(tmp_path / "two")], devices=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = read_shards(tmp_path / "one"), read_shards(tmp_path / "two")   # batch 3 -> 4: 2 per device
+    assert len(one) == len(two) == 21
+    np.testing.assert_array_equal(np.stack([r["ids"] for r in one]), np.stack([r["ids"] for r in two]))
 
 
 def test_refuses_ambiguous_or_missing_inputs(run_dir, tmp_path):

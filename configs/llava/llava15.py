@@ -22,7 +22,12 @@ Commands:
       --config.data.train.json=$DATA/llava_v1_5_mix665k.json --config.data.train.images=$DATA
   python -m mmjax.eval --workdir runs/llava15_7b_s2 --benchmark vqav2 --questions ... --images ... --out ...
 Hardware:  the paper trains both stages in about a day on one 8x A100-80GB node; here: one 8-GPU H100 / H200 host
-           or a TPU v5p-32 class slice (FSDP), not yet run at this scale.
+           or a TPU slice (FSDP), not yet run at this scale.
+TPU:       `stage=2,slice=v5e-16` or `stage=2,slice=v5p-64` (7B) keeps the global batch of 128 on that slice: mesh,
+           per-step batch and gradient accumulation from `SLICE_PLANS`, checked with the compile-only pre-flight
+           (docs/tpu.md has the per-chip memory):
+           python -m mmjax.train --config configs/llava/llava15.py:stage=2,slice=v5e-16 --compile_only \
+               --topology v5e-16
 Expected (paper, 7B / 13B): VQAv2 78.5 / 80.0, GQA 62.0 / 63.3, VizWiz 50.0 / 53.6, SQA-IMG 66.8 / 71.6,
            TextVQA 58.2 / 61.3, POPE 85.9 / 85.9, MME 1510.7 / 1531.3, MMBench 64.3 / 67.7, SEED 58.6 / 61.6,
            LLaVA-W 65.4 / 72.5, MM-Vet 31.1 / 36.1.
@@ -32,14 +37,19 @@ import math
 
 import ml_collections
 
-from mmjax.configlib import parse_arg
+from mmjax.configlib import ConfigError, parse_arg
 from mmjax.train.tasks.llava import base_config, warmup
+from mmjax.train.tpu_slices import SlicePlan, apply_slice_plan
 
 LCS_558K, MIX_665K = 558_128, 665_298  # records in the two JSON files
+SLICE_PLANS = {  # stage 2, 7B: batch per micro-step x grad_accum = 128
+    "v5e-16": SlicePlan(fsdp=16, tensor=1, batch_size=32, grad_accum=4),
+    "v5p-64": SlicePlan(fsdp=32, tensor=1, batch_size=128, grad_accum=1),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, stage=1, size="7b")
+    arg = parse_arg(arg, stage=1, size="7b", slice="")
     if arg.stage not in (1, 2) or arg.size not in ("7b", "13b"):
         raise ValueError(f"llava15: stage must be 1|2 and size 7b|13b, got {arg.stage}, {arg.size}")
     batch, lr, records = (256, 1e-3, LCS_558K) if arg.stage == 1 else (128, 2e-5, MIX_665K)
@@ -56,4 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(num_examples=256, generate=False)
     c.mesh.update(data=1, fsdp=-1)
     c.optim.update(lr=lr, warmup_steps=warmup(steps))
+    if arg.slice:
+        if (arg.stage, arg.size) != (2, "7b"):
+            raise ConfigError(f"slice={arg.slice}: the TPU slice plans are for stage=2,size=7b")
+        apply_slice_plan(c, arg.slice, SLICE_PLANS, batch)
     return c

@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_classes = 10
     c.label_smoothing = 0.1
     c.augment = ml_collections.ConfigDict(dict(kind="shift", max_shift=1, image_size=8, eval_resize=8,
-                                                 value_range=(0.0, 1.0), mixup_alpha=0.0))
+                                                 value_range=(0.0, 1.0), mixup_alpha=0.0, channels=1))
     c.data.train = ml_collections.ConfigDict(dict(name="digits", split="train"))
     c.data.eval = ml_collections.ConfigDict(dict(name="digits", split="test"))
     c.model = ml_collections.ConfigDict(dict(variant=arg.variant, pool_type="gap", posemb="learned",

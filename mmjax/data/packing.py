@@ -24,10 +24,8 @@ no slot ever has a target from another document and a split loses no prediction 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.data.jsonl import JsonlLines
+from mmjax.data.sharded import HostStrided
 from mmjax.data.sources import ArrayRecordSource, DataError
 
 log = logging.getLogger(__name__)
@@ -154,60 +154,29 @@ class ShapesCaptions:
         return caption(self._shapes.scene(index), self._shapes.config.with_positions)
 
 
-def _line_spans(path: str, chunk_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) byte offsets of the non-empty lines of a file, found in chunks (bounded memory)."""
-    ends: list[np.ndarray] = []
-    offset = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            ends.append(np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10).astype(np.int64) + offset)
-            offset += len(chunk)
-    end = np.concatenate([*ends, np.array([offset], np.int64)])
-    start = np.concatenate([[0], end[:-1] + 1]).astype(np.int64)
-    keep = end > start
-    return start[keep], end[keep]
-
-
 class JsonlText:
-    """JSON-lines files, one `{"<text_field>": str, ...}` per line. Line offsets are indexed once at start
-    (a sequential scan), then lines are read by `os.pread`. A line that is not JSON or has no string field
-    comes back as None (logged for the first few, counted by the task as `bad_documents`).
-    For corpora of billions of documents prefer ArrayRecord: the offset index costs 16 bytes per line."""
+    """JSON-lines files, one `{"<text_field>": str, ...}` per line (`mmjax.data.jsonl` indexes and reads them).
+    A line that is not JSON or has no string field comes back as None (logged for the first few, counted by the
+    task as `bad_documents`)."""
 
     def __init__(self, pattern: str, text_field: str = "text"):
-        self.paths = sorted(glob.glob(pattern))
-        if not self.paths:
-            raise DataError(f"no JSONL files match {pattern!r}")
+        self.lines = JsonlLines(pattern)
         self.text_field = text_field
-        spans = [_line_spans(p) for p in self.paths]
-        self._file = np.concatenate([np.full(len(s), i, np.int32) for i, (s, _) in enumerate(spans)])
-        self._start = np.concatenate([s for s, _ in spans])
-        self._end = np.concatenate([e for _, e in spans])
-        self._fds: dict[tuple[int, int], int] = {}
         self._warned = 0
 
     def __len__(self) -> int:
-        return len(self._start)
-
-    def _fd(self, file: int) -> int:
-        key = (os.getpid(), file)  # grain worker processes must not share a parent's descriptors
-        if key not in self._fds:
-            self._fds[key] = os.open(self.paths[file], os.O_RDONLY)
-        return self._fds[key]
+        return len(self.lines)
 
     def __getitem__(self, index: int) -> str | None:
-        file, start, end = int(self._file[index]), int(self._start[index]), int(self._end[index])
-        line = os.pread(self._fd(file), end - start, start)
         try:
-            text = json.loads(line)[self.text_field]
+            text = json.loads(self.lines.line(index))[self.text_field]
             if not isinstance(text, str):
                 raise TypeError(f"field {self.text_field!r} is a {type(text).__name__}, not a string")
             return text
         except (ValueError, KeyError, TypeError, IndexError) as e:
             self._warned += 1
             if self._warned <= 3:
-                log.warning("skipping a bad JSONL line (%s, byte %d): %s: %s", self.paths[file], start,
-                            type(e).__name__, e)
+                log.warning("skipping a bad JSONL line (%s): %s: %s", self.lines.where(index), type(e).__name__, e)
             return None
 
 
@@ -230,17 +199,44 @@ class ArrayRecordText:
 
 
 def make_document_source(cfg: Any) -> Any:
-    """A text source from one `config.data.<split>` section: name = shapes_captions | jsonl | arrayrecord."""
+    """A text source from one `config.data.<split>` section: name = shapes_captions | jsonl | arrayrecord |
+    parquet (text_field defaults to "text"; RefinedWeb's parquet files hold it in "content")."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name == "shapes_captions":
         return ShapesCaptions(**cfg)
+    if name == "parquet":
+        return parquet_text(cfg)
     if name in ("jsonl", "arrayrecord"):
         unknown = sorted(set(cfg) - {"pattern", "text_field"})
         if unknown or "pattern" not in cfg:
             raise DataError(f"{name} text source takes pattern (required) and text_field; got {sorted(cfg)}")
         return (JsonlText if name == "jsonl" else ArrayRecordText)(cfg["pattern"], cfg.get("text_field", "text"))
-    raise DataError(f"unknown text source {name!r} (shapes_captions | jsonl | arrayrecord)")
+    raise DataError(f"unknown text source {name!r} (shapes_captions | jsonl | arrayrecord | parquet)")
+
+
+def parquet_text(cfg: dict[str, Any]) -> HostStrided:
+    """Parquet documents: {pattern, text_field, cache_row_groups, host_index, host_count}; this host's files
+    only (`mmjax.data.sharded`), read one row group at a time (consecutive documents share it)."""
+    from mmjax.data import parquet
+
+    allowed = ("pattern", "text_field", "cache_row_groups", "host_index", "host_count")
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown or "pattern" not in cfg:
+        raise DataError(f"parquet text source takes pattern (required) and {allowed[1:]}; got {sorted(cfg)}")
+    files, index, count = parquet.own_files(cfg["pattern"], cfg.get("host_index", -1), cfg.get("host_count", -1))
+    column = cfg.get("text_field", "text")
+    rows = parquet.ParquetRows(files, [column], cfg.get("cache_row_groups", 4))
+    return HostStrided(parquet.ParquetText(rows, column), index, count)
+
+
+def document_groups(documents: Any, docs_per_group: int) -> Any:
+    """`DocumentGroups` of a text source; a host-sharded source is grouped within this host's documents, so a
+    group never spans hosts and the pipeline's host stride hands each host its own groups."""
+    if isinstance(documents, HostStrided):
+        groups = DocumentGroups(documents.local, docs_per_group)
+        return HostStrided(groups, documents.host_index, documents.host_count)
+    return DocumentGroups(documents, docs_per_group)
 
 
 class DocumentGroups:

@@ -6,6 +6,13 @@
   tfds        a prepared tensorflow-datasets data set read through `tfds.data_source` (no TensorFlow needed)
   arrayrecord ArrayRecord files of msgpack-encoded dict records (`mmjax.data.records`)
   photos      random crops of the real photos scikit-image ships (`mmjax.data.photos`), fixed photo split
+  webdataset  tar shards of samples grouped by key, e.g. img2dataset output (`mmjax.data.webdataset`)
+  parquet     parquet files of image bytes + captions, or text (`mmjax.data.parquet`)
+  imagefolder a folder of images with a captions JSONL or `.txt` sidecars (`mmjax.data.imagefolder`)
+  jsonl       JSON-lines files, one record object per line (`mmjax.data.jsonl`), e.g. a text corpus
+  llava_json  LLaVA's JSON / JSONL conversations + image folder (`mmjax.data.llava_data`)
+webdataset, parquet and imagefolder yield {"image": encoded bytes, "caption": str, ...}; on several hosts each
+host reads only its own shards (`mmjax.data.sharded`). docs/data.md lists every option and conversion commands.
 """
 
 from __future__ import annotations
@@ -17,15 +24,24 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from mmjax import configlib
 from mmjax.data import records
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
+CORPORA = ("webdataset", "parquet", "imagefolder", "jsonl")   # modules of mmjax.data with a `from_config(cfg)`
+SOURCE_NAMES = ("digits", "shapes", "tfds", "arrayrecord", "photos", "llava_json", *CORPORA)
+HOST_SHARDED = ("webdataset", "parquet", "imagefolder")     # take host_index / host_count (mmjax.data.sharded)
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
 
 
 class DataError(ValueError):
     """A data set that cannot be opened; the message names the data set, split or file."""
+
+
+class NoImageError(ValueError):
+    """A record without an image where one is needed (e.g. LLaVA's text-only conversations); skipped and counted
+    under this name."""
 
 
 class DigitsSource:
@@ -114,4 +130,13 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         from mmjax.data.photos import PhotosSource
 
         return PhotosSource(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    raise DataError(f"unknown data source {name!r} (digits | shapes | tfds | arrayrecord | photos)")
+    if name == "llava_json":
+        from mmjax.data.llava_data import LlavaJsonSource
+
+        configlib.check_known(cfg, ("json", "images"), "data.<split> (llava_json source)")
+        return LlavaJsonSource(cfg["json"], cfg.get("images", ""))
+    if name in CORPORA:
+        import importlib
+
+        return importlib.import_module(f"mmjax.data.{name}").from_config(cfg)
+    raise DataError(f"unknown data source {name!r} ({' | '.join(SOURCE_NAMES)})")

@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -68,10 +68,10 @@ def image_grid(images: Sequence[np.ndarray], cols: int | None = None, pad: int =
     return grid
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+def save_png(image: np.ndarray, path: str | os.PathLike | BinaryIO) -> None:
     from PIL import Image
 
-    Image.fromarray(to_uint8(image)).save(path)
+    Image.fromarray(to_uint8(image)).save(path, format="PNG")  # a file object has no suffix to say so
 
 
 def write_prompt(outdir: str | os.PathLike, index: int, metadata: Mapping[str, Any],

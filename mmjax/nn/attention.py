@@ -22,11 +22,17 @@ A query row with every key masked has backend-dependent output (XLA: uniform wei
 such rows out of losses, or let pads attend to themselves as mmjax.models.generate does.
 cuDNN and XLA were checked to agree within bf16 tolerance on an H100 (jax 0.11.2) for omni masks, is_causal,
 padding + is_causal, batch-broadcast masks and no mask, forward and backward.
+
+On TPU the `splash` backend (`mmjax.nn.splash`, a Pallas block-sparse flash kernel) needs the mask's structure at
+compile time, so it takes a `BlockMask` (static pattern per row type + segment ids: packed LMs, Show-o's row
+types) or `is_causal` / no mask with optional `kv_lengths`, never a dense mask computed from ids. `mask` may be a
+BlockMask on every backend: the others get its dense equivalent.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -34,11 +40,13 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from mmjax.nn.block_mask import BIDIRECTIONAL, CAUSAL, BlockMask
 from mmjax.nn.layers import Dense, constrain, norm
 from mmjax.nn.posemb import apply_rotary
 
+log = logging.getLogger(__name__)
 Dtype = Any
-BACKENDS = ("auto", "xla", "cudnn")
+BACKENDS = ("auto", "xla", "cudnn", "splash")
 
 
 class KVCache(NamedTuple):
@@ -80,17 +88,33 @@ def _cudnn_max_head_dim() -> int:
         return 128
 
 
-def select_backend(backend: str, dtype: Dtype, head_dim: int, q_len: int, kv_len: int) -> str:
-    """Resolves 'auto' to 'cudnn' where the fused kernel applies, else 'xla'.
+@functools.cache
+def _warn_splash_fallback(reason: str) -> None:
+    log.warning("attention backend 'splash' cannot take %s: using XLA attention there", reason)
+
+
+def select_backend(backend: str, dtype: Dtype, head_dim: int, q_len: int, kv_len: int, *,
+                   dense_mask: bool = False) -> str:
+    """Resolves 'auto' to 'splash' when compiling for TPU and the mask has a static structure (`dense_mask`
+    False: a BlockMask, is_causal, kv_lengths or none), to 'cudnn' where the fused GPU kernel applies, else 'xla'.
 
     cuDNN needs an NVIDIA GPU, bf16/fp16 inputs and head_dim a multiple of 8 within its limit. Odd sequence
     lengths are padded by `attention_op`, so they do not rule it out. Single-token queries (decode steps) take
     XLA: they are memory bound, and the fused kernel's launch and layout costs outweigh its savings there.
+    An explicit 'splash' given a dense mask or a decode step takes XLA too, with a warning (once per reason).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {BACKENDS}")
+    from mmjax.nn import splash
+
+    splash_ok = not dense_mask and splash.splash_supports(q_len, kv_len)
+    if backend == "splash" and not splash_ok:
+        _warn_splash_fallback("a dense mask" if dense_mask else f"{q_len} queries over {kv_len} keys")
+        return "xla"
     if backend != "auto":
         return backend
+    if splash.target_platform() == "tpu":
+        return "splash" if splash_ok else "xla"
     if not _on_nvidia_gpu() or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "xla"
     if head_dim % 8 or head_dim > _cudnn_max_head_dim() or q_len == 1:
@@ -118,16 +142,36 @@ def _pad_to_even(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | Non
     return q, k, v, mask, kv_lengths
 
 
-def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
+def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | BlockMask | None = None,
                  is_causal: bool = False, kv_lengths: jax.Array | None = None, scale: float | None = None,
                  backend: str = "auto") -> jax.Array:
     """softmax(q k^T * scale + mask) v for q (B, T, H, D), k/v (B, S, K, D) with H % K == 0 (GQA).
 
-    `mask`: boolean, True = attend, broadcastable to (B, 1|H, T, S). See the module docstring for is_causal.
-    `kv_lengths` (B,) int: keys at positions >= length are hidden (right padding). Without a mask this keeps
-    cuDNN on its fused causal / padding kernels instead of a dense (B, 1, T, S) bias, which is why padded LMs
-    (LLaVA) pass lengths rather than a padding mask.
+    `mask`: boolean, True = attend, broadcastable to (B, 1|H, T, S), or a `BlockMask`. See the module docstring
+    for is_causal. `kv_lengths` (B,) int: keys at positions >= length are hidden (right padding). Without a mask
+    this keeps cuDNN on its fused causal / padding kernels instead of a dense (B, 1, T, S) bias, which is why
+    padded LMs (LLaVA) pass lengths rather than a padding mask; splash turns them into segment ids.
     """
+    t = q.shape[1]
+    block = mask if isinstance(mask, BlockMask) else None
+    if block is not None:
+        if kv_lengths is not None:
+            raise ValueError("attention_op: give padding as the BlockMask's segment ids, not also kv_lengths")
+        if is_causal and not block.all_causal:
+            raise ValueError("attention_op: is_causal would cut the non-causal rows of this BlockMask; pass "
+                             "is_causal=False (its patterns say what is causal)")
+        mask = None
+    impl = select_backend(backend, q.dtype, q.shape[-1], t, k.shape[1], dense_mask=mask is not None)
+    if impl == "splash":
+        from mmjax.nn.splash import splash_attention
+
+        if block is None:
+            pattern = CAUSAL if is_causal else BIDIRECTIONAL
+            block = (BlockMask.uniform(pattern) if kv_lengths is None
+                     else BlockMask.from_lengths(jnp.asarray(kv_lengths, jnp.int32), t, pattern))
+        return splash_attention(q, k, v, block, scale=scale)
+    if block is not None:
+        mask = block.dense(q.shape[0], t, k.shape[1])
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
@@ -136,8 +180,6 @@ def attention_op(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | 
             kv_lengths = None
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths, jnp.int32)
-    t = q.shape[1]
-    impl = select_backend(backend, q.dtype, q.shape[-1], t, k.shape[1])
     if impl == "cudnn":
         if t % 2 or k.shape[1] % 2:
             q, k, v, mask, kv_lengths = _pad_to_even(q, k, v, mask, kv_lengths)
@@ -209,6 +251,8 @@ class Attention(nn.Module):
 
         new_cache = None
         if cache is not None:
+            if isinstance(mask, BlockMask):
+                raise ValueError("a BlockMask describes whole training rows; with a cache pass a dense key mask")
             if kv_lengths is not None:
                 raise ValueError("kv_lengths is for training/scoring; with a cache pass a key mask")
             k, v, mask, new_cache = _update_cache(cache, k, v, mask, is_causal)

@@ -2,6 +2,10 @@
 
 Exit statuses are `mmjax.cli`'s: 0 done, 1 failed run, 2 user error (one `error:` line), 75 preempted (SIGTERM
 saved a checkpoint: run the same command again to resume).
+
+`--compile_only --topology v5e:4x4 [--num_slices N] [--out report.json]` trains nothing: it compiles init and the
+train step for that TPU slice on this machine (libtpu, no TPU needed), prints per-chip memory against HBM and a
+verdict (`mmjax.train.preflight`), and exits 0 when the step fits (tight included) or 1 when it does not.
 """
 
 from __future__ import annotations
@@ -15,8 +19,18 @@ from mmjax import cli, configlib
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = cli.ArgumentParser(prog="python -m mmjax.train", description=__doc__)
     parser.add_argument("--config", required=True, help="config file, optionally with :arg variants")
-    parser.add_argument("--workdir", required=True, help="run directory; an existing run there is resumed")
+    parser.add_argument("--workdir", help="run directory; an existing run there is resumed")
+    parser.add_argument("--compile_only", action="store_true",
+                        help="compile for a TPU slice (--topology) and report per-chip memory; trains nothing")
+    parser.add_argument("--topology", help="with --compile_only: e.g. v5e:4x4, v5p:2x4x4, v4:2x2x2 or v5e-16")
+    parser.add_argument("--num_slices", type=cli.int_at_least(1), default=1,
+                        help="with --compile_only: slices joined over the data-centre network (multi-slice)")
+    parser.add_argument("--out", help="with --compile_only: write the report as JSON here")
     args, rest = parser.parse_known_args(argv)
+    if args.compile_only and not args.topology:
+        parser.error("--compile_only needs --topology (e.g. v5e:4x4)")
+    if not args.compile_only and not args.workdir:
+        parser.error("--workdir is required (or --compile_only --topology ... to only check a TPU slice)")
     overrides = []
     for item in rest:
         if not item.startswith("--config."):
@@ -38,10 +52,25 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return cli.EXIT_OK
 
 
+def _compile_only(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from mmjax.train.preflight import format_report, preflight
+
+    config = configlib.apply_overrides(configlib.load_config_file(args.config), overrides)
+    report = preflight(config, args.topology, num_slices=args.num_slices)
+    print(format_report(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": args.config, "overrides": overrides, **report}, f, indent=1)
+    return cli.EXIT_FAILED if report["verdict"] == "does not fit" else cli.EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
-    return cli.run_main(lambda: _train(args, overrides), debug=args.debug)
+    command = _compile_only if args.compile_only else _train
+    return cli.run_main(lambda: command(args, overrides), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ tensorstore format, no pickle), `data` (the grain iterator position, JSON) and `
 (`restore_newest`): newer steps that fail while an older one restores are corrupt, and are moved aside to
 `checkpoints/corrupt/<step>-<time>` with a warning, so the run directory stays consistent for the next loader.
 When no step restores, nothing is moved (the cause may be the caller's, e.g. a changed model) and the error lists
-why each step failed. Paths may be relative: they are resolved here, where they are handed to orbax.
+why each step failed. Paths may be relative: they are resolved here, where they are handed to orbax. They may
+also be `gs://` URLs (Cloud TPU pods): directory listing and moves go through etils.epath (`mmjax.paths`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mmjax import paths
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,16 +36,17 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_steps(ckpt_dir: str) -> list[int]:
     """The finished checkpoint steps in `ckpt_dir` (orbax's temporary and the quarantined ones excluded)."""
-    if not os.path.isdir(ckpt_dir):
+    directory = epath.Path(ckpt_dir)
+    if not directory.is_dir():
         return []
-    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit())
 
 
 def quarantine(ckpt_dir: str, step: int) -> str:
     """Moves `ckpt_dir/<step>` to `ckpt_dir/corrupt/<step>-<time>` (kept for inspection, never loaded again)."""
     target = os.path.join(ckpt_dir, CORRUPT_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(ckpt_dir, str(step)), target)
+    paths.make_dirs(os.path.dirname(target))
+    epath.Path(ckpt_dir, str(step)).rename(target)
     return target
 
 
@@ -78,7 +82,7 @@ class Checkpointer:
     """Thin policy layer over `ocp.CheckpointManager`: what a run saves, and how it recovers."""
 
     def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -137,7 +141,7 @@ def _restore_item(ckptr: ocp.StandardCheckpointer, state_dir: str, key: str) -> 
 def load_params(workdir: str, *, key: str = "params") -> Any:
     """The parameters (or `ema_params`, `model_state`) of a run's newest restorable checkpoint, for sampling,
     evaluation and initialising a later stage; `workdir` may be relative."""
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    ckpt_dir = os.path.join(paths.absolute(workdir), "checkpoints")
     steps = checkpoint_steps(ckpt_dir)
     if not steps:
         raise CheckpointError(f"no checkpoints under {ckpt_dir}")

@@ -6,6 +6,9 @@ every train record otherwise, so logs of batch jobs stay readable.
 A resumed run repeats the steps after its checkpoint, so on opening, `metrics.jsonl` drops what the resumed run
 will write again: the lines after the resumed step, and a final evaluation at it (a finished run re-run, or one
 extended by a larger `total_steps`, evaluates again). Every (step, split) pair therefore appears once.
+
+The workdir may be a `gs://` URL (`mmjax.paths`): object storage cannot append, so there `metrics.jsonl` is
+rewritten from the records kept in memory at each write; TensorBoard writes there itself (google-cloud-storage).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import sys
 from typing import Any
 
 import jax
+from etils import epath
+
+from mmjax import paths
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,9 @@ def _duration(seconds: float) -> str:
 def drop_lines_from(path: str, step: int) -> int:
     """Removes the records a run resumed at `step` will write again (see the module docstring) and any line cut
     short by a killed process; returns how many lines were removed."""
-    if not os.path.isfile(path):
+    if not epath.Path(path).exists():
         return 0
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in epath.Path(path).read_text().splitlines() if line.strip()]
     kept = []
     for line in lines:
         try:
@@ -51,11 +56,10 @@ def drop_lines_from(path: str, step: int) -> int:
             log.warning("%s: dropping an unreadable line %r", path, line[:80])
             continue
         if record["step"] < step or (record["step"] == step and not record.get("final")):
-            kept.append(line if line.endswith("\n") else line + "\n")
+            kept.append(line)
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        epath.Path(path + ".tmp").write_text("".join(kept))
+        epath.Path(path + ".tmp").replace(path)
     return len(lines) - len(kept)
 
 
@@ -66,12 +70,16 @@ class MetricsWriter:
         self.total_steps = total_steps
         self._tb = None
         self._bar = None
+        self._lines: list[str] | None = None  # the whole file, for object storage (which cannot append)
         if not self.active:
             return
         dropped = drop_lines_from(self.path, initial_step)
         if dropped:
             log.info("metrics.jsonl: dropped %d record(s) that the run resumed at step %d writes again",
                      dropped, initial_step)
+        if paths.is_remote(self.path):
+            metrics = epath.Path(self.path)
+            self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -88,8 +96,13 @@ class MetricsWriter:
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}, **extra}
         if not self.active:
             return record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._lines is None:
+            with open(self.path, "a") as f:
+                f.write(line)
+        else:
+            self._lines.append(line)
+            epath.Path(self.path).write_text("".join(self._lines))
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":

@@ -18,8 +18,9 @@ import logging
 import os
 
 import ml_collections
+from etils import epath
 
-from mmjax import configlib
+from mmjax import configlib, paths
 from mmjax.train.checkpoint import CheckpointError, checkpoint_steps
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,13 @@ ABSENT = "<absent>"
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
     """The absolute run directory, created if new; refuses a path that is a file and a config that differs from
     the one of the run to be resumed (see the module docstring). Writes nothing but the empty directory."""
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    workdir = paths.absolute(workdir)  # a gs:// URL stays one (mmjax.paths)
+    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
         raise CheckpointError(f"--workdir {workdir} exists and is not a directory")
     config_path = os.path.join(workdir, "config.json")
-    if checkpoint_steps(os.path.join(workdir, "checkpoints")) and os.path.isfile(config_path):
+    if checkpoint_steps(os.path.join(workdir, "checkpoints")) and epath.Path(config_path).exists():
         try:
-            with open(config_path) as f:
-                old = json.load(f)
+            old = json.loads(epath.Path(config_path).read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{config_path} cannot be read ({e}); the run cannot be resumed") from e
         old, new = dict(configlib.flat_items(old)), dict(configlib.flat_items(configlib.to_dict(config)))
@@ -54,5 +54,5 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
         if "total_steps" in differing:
             log.warning("resuming %s with total_steps %s (was %s): the learning-rate schedule follows the new length",
                         workdir, new["total_steps"], old["total_steps"])
-    os.makedirs(workdir, exist_ok=True)
+    paths.make_dirs(workdir)
     return workdir

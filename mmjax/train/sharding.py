@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -60,13 +61,42 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with Auto axis types (Linen's logical constraints need them; Explicit axes make them asserts)."""
+    """A mesh with Auto axis types (Linen's logical constraints need them; Explicit axes make them asserts), its
+    devices laid out by their physical topology (`device_grid`)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(dict(mesh_config), len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if devices == list(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+    grid = device_grid(shape, devices)
+    # Each host feeds the batch rows of its own devices (`global_batch`); a batch shard replicated over `tensor`
+    # across two hosts would be fed different rows by each.
+    hosts = {tuple(sorted({d.process_index for d in grid[i, j]})) for i in range(shape[0]) for j in range(shape[1])}
+    if any(len(h) > 1 for h in hosts):
+        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: a `tensor` group spans several hosts; use a "
+                         "tensor size that fits within one host's chips")
+    return Mesh(grid, MESH_AXES, axis_types=auto)
+
+
+def device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.ndarray:
+    """The devices arranged as `shape` so that neighbouring mesh coordinates are neighbouring chips.
+
+    On TPU, `mesh_utils.create_device_mesh` maps the mesh axes onto the torus (a plain reshape of the device list
+    would put ring neighbours hops apart); elsewhere it keeps the list order. Devices of several slices (a
+    multi-slice job: `slice_index` differs) are joined over the data-centre network along `data`, the axis that
+    only all-reduces gradients once per step, so `mesh.data` must be a multiple of the slice count.
+    """
+    devices = list(devices)
+    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    if len(slices) > 1:
+        if shape[0] % len(slices):
+            raise ValueError(f"config.mesh: {len(slices)} slices are joined along `data`, so mesh.data must be a "
+                             f"multiple of {len(slices)}; the mesh is {dict(zip(MESH_AXES, shape))}")
+        per_slice = (shape[0] // len(slices), *shape[1:])
+        dcn = (len(slices),) + (1,) * (len(shape) - 1)
+        return mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices, allow_split_physical_axes=True)
+    try:
+        return mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError):  # e.g. 8 over a 4x4 torus: one mesh axis spans part of two rings
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
@@ -120,9 +150,15 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def maybe_initialize_distributed() -> None:
-    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars)."""
-    wanted = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
-                                           "MEGASCALE_COORDINATOR_ADDRESS"))
+    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars).
+
+    A Cloud TPU VM reached over ssh need not have the TPU variables in its environment (libtpu and jax read the
+    slice's workers from the metadata server), so `scripts/tpu/worker_loop.sh` sets MMJAX_DISTRIBUTED=1:
+    `jax.distributed.initialize()` then finds the coordinator and this host's index by itself.
+    """
+    wanted = os.environ.get("MMJAX_DISTRIBUTED") == "1" or any(
+        v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
+                                  "MEGASCALE_COORDINATOR_ADDRESS"))
     if os.environ.get("SLURM_NTASKS") == "1":
         wanted = False
     if wanted and not jax.distributed.is_initialized():  # must run before any backend is touched

@@ -31,6 +31,10 @@ class ClassificationTask(Task):
         image = np.asarray(record["image"])
         if image.ndim == 2:
             image = image[..., None]
+        channels = int(aug.get("channels", 3))
+        if image.shape[-1] != channels:
+            raise ValueError(f"image of shape {image.shape} has {image.shape[-1]} channels; config.augment.channels "
+                             f"is {channels}")
         if aug.kind == "inception_crop":
             if rng is not None:
                 image = augment.random_flip(augment.inception_crop(image, aug.image_size, rng), rng)
@@ -43,18 +47,15 @@ class ClassificationTask(Task):
         return {"image": lo + (hi - lo) * image, "label": np.int32(record["label"])}
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """Inception crops have the configured size, so no record needs reading (pods compile without data)."""
-        if self.config.augment.kind != "inception_crop":
-            return super().example_batch(batch_size)
-        size = self.config.augment.image_size
-        return {"image": np.zeros((batch_size, size, size, 3), np.float32), "label": np.zeros(batch_size, np.int32)}
+        """Shapes from the config (`augment.image_size`, `augment.channels`, default 3): no data is read."""
+        return {k: np.zeros_like(v) for k, v in self.synthetic_batch(batch_size).items()}
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
-        lo, hi = self.config.augment.value_range
-        shape = self.example_batch(batch_size)["image"].shape
-        return {"image": rng.uniform(lo, hi, shape).astype(np.float32),
-                "label": rng.integers(0, self.config.num_classes, batch_size).astype(np.int32)}
+        size, (lo, hi) = self.config.augment.image_size, self.config.augment.value_range
+        channels = int(self.config.augment.get("channels", 3))
+        image = rng.uniform(lo, hi, (batch_size, size, size, channels)).astype(np.float32)
+        return {"image": image, "label": rng.integers(0, self.config.num_classes, batch_size).astype(np.int32)}
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         return self.model.init(rng, batch["image"])

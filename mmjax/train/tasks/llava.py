@@ -18,6 +18,7 @@ after light normalisation: `vqa_accuracy`, a fraction in [0, 1]; the answers go 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,7 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
+from mmjax import paths
 from mmjax.data.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_template, stop_token_ids
 from mmjax.data.images import MAX_IMAGE_PIXELS, pad_fill
 from mmjax.data.llava_data import (
@@ -40,7 +43,7 @@ from mmjax.data.llava_data import (
     load_images,
     record_context,
 )
-from mmjax.data.text import make_tokenizer
+from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.eval.vqa import normalize_gqa_answer
 from mmjax.models.generate import generate
 from mmjax.models.llava import Llava, LlavaConfig
@@ -52,28 +55,41 @@ Conversation = list[dict[str, str]]
 
 
 class LlavaTask(Task):
+    """The model is built from the config alone: image positions carry the model's own marker id (-200, never a
+    vocabulary id), and the tokenizer file is read only when text is (data, generation) unless the LM's
+    vocabulary size is 0 (= the tokenizer's). So compile-only checks need no tokenizer file."""
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        text = config.text
-        template = get_template(text.template)
-        specials = dict.fromkeys([IMAGE_PLACEHOLDER, *template.special_tokens, *text.special_tokens])
-        self.tokenizer = make_tokenizer(text.tokenizer, text.tokenizer_path or None, special_tokens=list(specials))
-        image_token_id = self.tokenizer.token_to_id(IMAGE_PLACEHOLDER)
         model = config.model.to_dict()
         if not model["lm"].get("vocab_size", 1):  # 0: the tokenizer's vocabulary (tiny byte-level runs)
             model["lm"]["vocab_size"] = self.tokenizer.vocab_size
-        self.model_cfg = LlavaConfig.from_dict({**model, "image_token_id": image_token_id})
+        self.model_cfg = LlavaConfig.from_dict(model)
         self.model = Llava(self.model_cfg)
         # pad-to-square fills with the tower's mean colour, as the reference does
         self.image_cfg = ImageConfig.from_dict({**config.image.to_dict(), "fill": pad_fill(self.model_cfg.image_mean)})
         if self.image_cfg.patch_size != self.model_cfg.patch_size:
             raise ValueError(f"config.image.patch_size {self.image_cfg.patch_size} != the tower's "
                              f"{self.model_cfg.patch_size}")
-        self.processor = LlavaProcessor(self.image_cfg, self.tokenizer, text.template, text.max_len, image_token_id,
-                                        image_first=text.image_first)
-        self.stop_tokens = tuple(stop_token_ids(template, self.tokenizer))
         self._embed = jax.jit(lambda p, ids, pix, idx, w: self.model.apply(
             {"params": p}, ids, pix, idx, w, method=Llava.embed))
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        text = self.config.text
+        specials = dict.fromkeys([IMAGE_PLACEHOLDER, *get_template(text.template).special_tokens,
+                                  *text.special_tokens])
+        return make_tokenizer(text.tokenizer, text.tokenizer_path or None, special_tokens=list(specials))
+
+    @functools.cached_property
+    def processor(self) -> LlavaProcessor:
+        text = self.config.text
+        return LlavaProcessor(self.image_cfg, self.tokenizer, text.template, text.max_len,
+                              self.model_cfg.image_token_id, image_first=text.image_first)
+
+    @functools.cached_property
+    def stop_tokens(self) -> tuple[int, ...]:
+        return tuple(stop_token_ids(get_template(self.config.text.template), self.tokenizer))
 
     # -- data ---------------------------------------------------------------------------------------------------
     def source(self, split: str) -> Any:
@@ -113,8 +129,14 @@ class LlavaTask(Task):
             return self.processor.training_example(conv, images)
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype)
-                for k, v in self.processor.example_shapes().items()}
+        """`LlavaProcessor.example_shapes` from the config, without the processor (which needs the tokenizer)."""
+        cfg, n = self.image_cfg, self.config.text.max_len
+        return {"ids": np.zeros((batch_size, n), np.int32), "labels": np.zeros((batch_size, n), np.int32),
+                "mask": np.zeros((batch_size, n), bool),
+                "pixels": np.zeros((batch_size, cfg.max_images, cfg.tiles, cfg.size, cfg.size, 3), np.uint8),
+                "image_index": np.zeros((batch_size, n, cfg.taps), np.int32),
+                "image_weight": np.zeros((batch_size, n, cfg.taps), np.float32),
+                "num_images": np.zeros((batch_size,), np.int32)}
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """One conversation about one random image (two tiles wide and high under AnyRes: 768 px for a 384 px
@@ -244,8 +266,8 @@ class LlavaTask(Task):
     def _write_answers(self, ctx: EvalContext, prompts, answers, hits) -> None:
         if jax.process_index() != 0:
             return
-        os.makedirs(os.path.join(ctx.workdir, "samples"), exist_ok=True)
-        with open(os.path.join(ctx.workdir, "samples", f"answers_{ctx.step}.jsonl"), "w") as f:
+        paths.make_dirs(os.path.join(ctx.workdir, "samples"))  # the workdir may be in gs://
+        with epath.Path(ctx.workdir, "samples", f"answers_{ctx.step}.jsonl").open("w") as f:
             for (conv, _, ref), answer, hit in zip(prompts, answers, hits):
                 f.write(json.dumps({"question": conv[0]["value"], "answer": ref, "prediction": answer,
                                     "correct": bool(hit)}) + "\n")

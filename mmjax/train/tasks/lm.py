@@ -1,11 +1,13 @@
 """Text pre-training of a decoder-only LM (`mmjax.models.lm`) on packed documents: next-token cross-entropy.
 
 Data: `config.data.<split>` names a text source (`mmjax.data.packing.make_document_source`: shapes_captions |
-jsonl | arrayrecord); one record is a group of `packing.docs_per_group` documents, which `preprocess` tokenizes
-(`config.tokenizer`, byte-level by default; bos/eos added per `packing.add_bos/add_eos`) and packs into a
-(`packing.rows`, `packing.seq_len`) block. A batch is (batch_size, rows, seq_len); the loss reshapes it to rows.
+jsonl | arrayrecord | parquet, e.g. RefinedWeb's `content` column); one record is a group of
+`packing.docs_per_group` documents, which `preprocess` tokenizes (`config.tokenizer`, byte-level by default;
+bos/eos added per `packing.add_bos/add_eos`) and packs into a (`packing.rows`, `packing.seq_len`) block. A batch is
+(batch_size, rows, seq_len); the loss reshapes it to rows.
 
-Inside jit the block-diagonal causal mask is built from `segment_ids` and `positions` restart per document, so
+Inside jit the block-diagonal causal mask is given as `segment_ids` (a causal `BlockMask`: splash on TPU, its dense
+form elsewhere) and `positions` restart per document, so
 a packed row computes exactly what each document would alone (tests/train/test_lm_task.py checks the logits).
 Logits and the loss are float32. Metrics: loss (nats per predicted token), perplexity, token accuracy, and the
 packing bookkeeping (fill, documents, split / short / bad documents, overflow tokens) so nothing vanishes
@@ -16,6 +18,7 @@ distribution): the loss of the best model that ignores context, which a trained 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -26,9 +29,11 @@ import numpy as np
 import optax
 
 from mmjax import configlib
-from mmjax.data.packing import DocumentGroups, make_document_source, pack_documents, segment_mask
+from mmjax.data.packing import document_groups, make_document_source, pack_documents
+from mmjax.data.sharded import host_local
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.lm import LM, LMConfig, get_config
+from mmjax.nn.block_mask import CAUSAL, BlockMask
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 
 TOKENIZER_FIELDS = ("kind", "path", "special_tokens", "bos", "eos", "pad")
@@ -79,17 +84,36 @@ class LMTask(Task):
         super().__init__(config)
         configlib.check_known(config.packing, PACKING_FIELDS, "packing")
         configlib.check_known(config.evaluation, EVALUATION_FIELDS, "evaluation")
-        self.tokenizer = tokenizer_from_config(config.tokenizer)
-        self.lm_config = lm_config_from(config.model, self.tokenizer.vocab_size)
+        configlib.check_known(config.tokenizer, TOKENIZER_FIELDS, "tokenizer")
+        # The tokenizer is read here when the model's vocabulary is the tokenizer's (vocab_size 0) or it needs no
+        # file; a file-based one with a given vocabulary is read with the first text, so compile-only checks of
+        # released configs need no tokenizer file. Either way `special_ids` checks it against the config.
+        eager = dict(config.model).get("vocab_size") == 0 or config.tokenizer.kind == "byte"
+        self.lm_config = lm_config_from(config.model, self.tokenizer.vocab_size if eager else 0)
         self.model = LM(self.lm_config)
         pack = config.packing
         self.seq_len, self.rows = int(pack.seq_len), int(pack.rows)
-        self._prefix = self._special(pack.add_bos, "bos")
-        self._suffix = self._special(pack.add_eos, "eos")
-        pad = self.tokenizer.pad_id
-        self.pad_id = 0 if pad is None else pad
+        if eager:
+            _ = self.special_ids  # a misconfigured tokenizer is refused at construction
         self._documents: dict[str, Any] = {}
         self._unigram: dict[str, float] | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        return tokenizer_from_config(self.config.tokenizer)
+
+    @functools.cached_property
+    def special_ids(self) -> tuple[list[int], list[int], int]:
+        """(ids before each document, ids after it, pad id), the tokenizer checked against the config."""
+        if self.lm_config.vocab_size < self.tokenizer.vocab_size:
+            raise configlib.ConfigError(f"config.model.vocab_size {self.lm_config.vocab_size} is smaller than the "
+                                        f"tokenizer's vocabulary ({self.tokenizer.vocab_size} ids)")
+        pack, pad = self.config.packing, self.tokenizer.pad_id
+        return self._special(pack.add_bos, "bos"), self._special(pack.add_eos, "eos"), 0 if pad is None else pad
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_ids[2]
 
     def _special(self, wanted: bool, name: str) -> list[int]:
         if not wanted:
@@ -109,12 +133,13 @@ class LMTask(Task):
             self._documents[split] = make_document_source(self.config.data[split])
         return self._documents[split]
 
-    def source(self, split: str) -> DocumentGroups:
-        return DocumentGroups(self.documents(split), self.config.packing.docs_per_group)
+    def source(self, split: str) -> Any:
+        return document_groups(self.documents(split), self.config.packing.docs_per_group)
 
     def encode(self, text: str) -> list[int]:
         """One document's token ids, with bos/eos as configured."""
-        return [*self._prefix, *self.tokenizer.encode(text), *self._suffix]
+        prefix, suffix, _ = self.special_ids
+        return [*prefix, *self.tokenizer.encode(text), *suffix]
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         """Tokenizes a group and packs it; training shuffles the group's documents so each epoch packs anew."""
@@ -126,11 +151,16 @@ class LMTask(Task):
         counts = dict(vars(packed.stats), bad_documents=sum(t is None for t in texts))
         return {**packed.arrays(), **{k: np.int32(counts[k]) for k in COUNTS}}
 
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Shapes and dtypes of a packed block, from an empty pack: no data or tokenizer is read."""
+        example = {**pack_documents([], self.seq_len, self.rows).arrays(), **{k: np.int32(0) for k in COUNTS}}
+        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}
+
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         rows = lambda x: x.reshape(-1, x.shape[-1])[:1]
         return self.model.init(rng, rows(batch["tokens"]), positions=rows(batch["positions"]),
-                               mask=segment_mask(rows(batch["segment_ids"])))
+                               mask=BlockMask.uniform(CAUSAL, rows(batch["segment_ids"])))
 
     def pretrained_variables(self) -> dict[str, Any] | None:
         """`config.init_from`: a HF checkpoint directory (or .safetensors) of the same architecture."""
@@ -147,7 +177,7 @@ class LMTask(Task):
         rows = lambda x: x.reshape(-1, shape[-1])
         segment_ids = rows(batch["segment_ids"])
         logits = self.model.apply({"params": params}, rows(batch["tokens"]), positions=rows(batch["positions"]),
-                                  mask=segment_mask(segment_ids), is_causal=True)
+                                  mask=BlockMask.uniform(CAUSAL, segment_ids), is_causal=True)
         targets = rows(batch["targets"])
         nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
         correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
@@ -206,10 +236,10 @@ class LMTask(Task):
         if limit == 0:
             return {}
         if self._unigram is None:
-            train = self.documents("train")
+            train = host_local(self.documents("train"))  # this host's documents (all of them on one host)
             counts = self._target_counts(train, len(train) if limit < 0 else min(limit, len(train)))
             p = counts[counts > 0] / counts.sum()
-            evaluated = self.documents("eval")
+            evaluated = host_local(self.documents("eval"))
             groups = int(self.config.evaluation.groups)
             n_eval = len(evaluated) if not groups else min(len(evaluated), groups * self.config.packing.docs_per_group)
             q = self._target_counts(evaluated, n_eval)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from mmjax import configlib
 from mmjax.diffusion import maskgit
@@ -41,6 +41,7 @@ from mmjax.models import showo_layout as layout
 from mmjax.models import showo_vit_layout as vit_layout
 from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
+from mmjax.nn.block_mask import showo_block_mask
 from mmjax.nn.embedding import padded_size
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks import showo_eval
@@ -92,8 +93,9 @@ def ntp_sums(logits: jax.Array, labels: jax.Array, part: str, smoothing: float =
 
 
 class Rows(NamedTuple):
-    """The [t2i; lm; mmu] rows of a step, all of length S + N + 3. `mmu_features` (B_mmu, F, C) / `mmu_slots`
-    (B_mmu, T) are set for the CLIP-ViT variant: the features to splice into the MMU rows' embeddings."""
+    """The rows of a step, bundle by bundle, all of length S + N + 3; `sizes`: rows per bundle of each part.
+    `mmu_features` (B_mmu, F, C) / `mmu_slots` (B_mmu, T), in bundle order, are set for the CLIP-ViT variant: the
+    features to splice into the MMU rows' embeddings."""
 
     ids: jax.Array
     labels: jax.Array
@@ -181,7 +183,8 @@ class ShowoTask(Task):
                                      self.image_size, self.mmu_text_len, self.clip)
             encoders = None
             if self.pretokenized:
-                encoders = {"image": sb.encoder_fn(self.vq_model, self.tokenizer_variables())}
+                # loaded on first use: sources of pre-tokenized records never need the tokenizer's weights here
+                encoders = {"image": lambda px: sb.encoder_fn(self.vq_model, self.tokenizer_variables())(px)}
                 if self.clip is not None:
                     encoders["clip_image"] = lambda px: self.clip.features(self.clip.variables(), px)
             self._splits[split] = sb.ShowoBatches(self.config.data[split], self.mix, builder, encoders)
@@ -241,8 +244,8 @@ class ShowoTask(Task):
         elif init.run:
             from mmjax.train.checkpoint import load_params
 
-            with open(os.path.join(init.run, "config.json")) as f:
-                key = "ema_params" if json.load(f).get("ema_decay") else "params"
+            run_config = json.loads(epath.Path(init.run, "config.json").read_text())  # the run may be in gs://
+            key = "ema_params" if run_config.get("ema_decay") else "params"
             # A run without mm_projector (the CLIP-ViT variant's stage 1 from pre-training) keeps the fresh one.
             out["params"] = jax.tree.map(np.asarray, load_params(init.run, key=key))
         elif init.lm:
@@ -267,8 +270,11 @@ class ShowoTask(Task):
         return showo_model.clip_features(self.clip.model, model_state["vision_tower"], flat(batch["mmu_clip_image"]))
 
     def build_rows(self, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> Rows:
-        """The [t2i; lm; mmu] rows (ids, labels, sub-batch sizes), all of length S + N + 3 (`row_len` when
-        `showo.seq_multiple` pads them; the losses do not change, tests check it)."""
+        """The [t2i; lm; mmu] rows of each bundle in turn (ids, labels, rows per bundle), all of length S + N + 3
+        (`row_len` when `showo.seq_multiple` pads them; the losses do not change, tests check it).
+
+        Bundle-major, so the rows of a bundle stay on the chip that holds the bundle: the row types are split
+        again (attention groups, per-part losses) by position within the bundle, without moving data."""
         cfg, v, s = self.config.showo, self.vocab, self.s
         flat = lambda x: x.reshape((-1, *x.shape[2:]))
         rows, labels, sizes, features, slots = [], [], {}, None, None
@@ -281,11 +287,11 @@ class ShowoTask(Task):
             ids, lab = layout.t2i_layout(flat(batch["t2i_text"]), flat(batch["t2i_text_len"]), v.image_token(codes),
                                          v, s, image_mask=mask, drop=drop)
             rows.append(ids), labels.append(lab)
-            sizes["t2i"] = codes.shape[0]
+            sizes["t2i"] = self.mix["t2i"]
         if self.mix["lm"]:
             ids, lab = layout.lm_layout(flat(batch["lm_text"]), flat(batch["lm_text_len"]), v, self.seq_len)
             rows.append(ids), labels.append(lab)
-            sizes["lm"] = ids.shape[0]
+            sizes["lm"] = self.mix["lm"]
         if self.mix["mmu"]:
             conv = (flat(batch["mmu_conv"]), flat(batch["mmu_target"]), flat(batch["mmu_conv_len"]))
             if self.clip is None:
@@ -296,7 +302,7 @@ class ShowoTask(Task):
                 ids, lab, slots = vit_layout.mmu_vit_layout(*conv, self.system_ids, self.clip.num_features, v,
                                                         self.mmu_text_len)
             rows.append(ids), labels.append(lab)
-            sizes["mmu"] = ids.shape[0]
+            sizes["mmu"] = self.mix["mmu"]
         if self.row_len != self.seq_len:  # T2I rows grow on the left (soi moves), LM / MMU rows on the right
             parts = [p for p in sb.PARTS if p in sizes]
             padded = [layout.pad_rows(r, lab, self.row_len, v, left=p == "t2i")
@@ -304,19 +310,30 @@ class ShowoTask(Task):
             rows, labels = [r for r, _ in padded], [lab for _, lab in padded]
             if slots is not None:
                 slots = jnp.pad(slots, ((0, 0), (0, self.row_len - self.seq_len)))
-        return Rows(jnp.concatenate(rows), jnp.concatenate(labels), sizes, features, slots)
+        bundles = next(iter(batch.values())).shape[0]
+        by_bundle = lambda parts: jnp.concatenate([p.reshape(bundles, -1, p.shape[-1]) for p in parts], axis=1)
+        return Rows(by_bundle(rows).reshape(-1, self.row_len), by_bundle(labels).reshape(-1, self.row_len), sizes,
+                    features, slots)
 
     def logits(self, params: Any, rows: Rows) -> jax.Array:
-        """Logits of all rows; CLIP-ViT MMU rows (the last ones) get their features spliced into the embeddings."""
+        """Logits of all rows. The omni-attention mask goes to the model as a static pattern per row type
+        (`showo_block_mask`: splash on TPU, its dense form elsewhere); CLIP-ViT MMU rows (the last rows of each
+        bundle) get their features spliced into the embeddings and the dense mask built from the ids."""
         variables = {"params": params}
         if rows.mmu_features is None:
-            return self.model.apply(variables, rows.ids)
-        m = rows.sizes["mmu"]
-        embeds = self.model.apply(variables, rows.ids[:-m], method=showo_model.Showo.embed)
-        mmu = self.model.apply(variables, rows.ids[-m:], rows.mmu_features, rows.mmu_slots,
+            mask = showo_block_mask(rows.ids, rows.sizes, max_text_len=self.s + self.row_len - self.seq_len,
+                                    num_image_tokens=self.n, pad_id=self.vocab.pad_id)
+            return self.model.apply(variables, rows.ids, mask=mask)
+        period, m = sum(rows.sizes.values()), rows.sizes["mmu"]
+        per_bundle = lambda x: x.reshape(-1, period, *x.shape[1:])
+        embeds = per_bundle(self.model.apply(variables, rows.ids, method=showo_model.Showo.embed))
+        mmu_ids = per_bundle(rows.ids)[:, -m:].reshape(-1, rows.ids.shape[1])
+        mmu = self.model.apply(variables, mmu_ids, rows.mmu_features, rows.mmu_slots,
                                method=showo_model.Showo.embed_with_features)
+        embeds = jnp.concatenate([embeds[:, :-m], mmu.reshape(-1, m, *mmu.shape[1:])], axis=1)
         mask = self.model.apply(variables, rows.ids, method=showo_model.Showo.attention_mask)
-        return self.model.apply(variables, None, embeds=jnp.concatenate([embeds, mmu]), mask=mask, is_causal=False)
+        return self.model.apply(variables, None, embeds=embeds.reshape(-1, *embeds.shape[2:]), mask=mask,
+                                is_causal=False)
 
     def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
@@ -326,11 +343,13 @@ class ShowoTask(Task):
         logits = self.logits(params, rows)
         smoothing = self.config.showo.label_smoothing
         out: dict[str, jax.Array] = {}
+        period = sum(rows.sizes.values())
         start = 0
         for part in sb.PARTS:
             if part not in rows.sizes:
                 continue
-            lg, lab = logits[start:start + rows.sizes[part]], rows.labels[start:start + rows.sizes[part]]
+            lg, lab = (x.reshape(-1, period, *x.shape[1:])[:, start:start + rows.sizes[part]].reshape(-1, *x.shape[1:])
+                       for x in (logits, rows.labels))
             start += rows.sizes[part]
             if part == "t2i":
                 out.update(mtp_sums(lg, lab, self.s + self.row_len - self.seq_len, self.vocab, smoothing))

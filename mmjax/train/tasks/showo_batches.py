@@ -11,9 +11,17 @@ step (mmjax.models.showo_layout).
 
 Images reach the step either as pixels (tokenized on device by the frozen tokenizer held in `model_state`; for
 the CLIP-ViT variant's MMU rows, CLIP pixels read by the frozen tower) or, with `tokenizer.pretokenize=True`, as
-codes (and CLIP features) computed once at task start for the whole (small) source: the fastest path for the
-tiny CPU configs, where re-encoding the same few thousand images every step would cost more than the
-transformer.
+codes: read from the records of sources pre-tokenized by `python -m mmjax.tokenize_images` (records with an `ids`
+field; any size), or computed once at task start for the whole of a small raw source (and CLIP features): the
+fastest path for the tiny CPU configs, where re-encoding the same few thousand images every step would cost
+more than the transformer.
+
+Sources are read through `make_source`; a corpus sharded over hosts gives each host its own shards
+(`mmjax.data.sharded.host_local`), from which that host's bundles draw. Bad records: a record without an image
+drawn for an image part (LLaVA's text-only conversations, an expected part of such data) is replaced by another
+draw, logged and counted in `ShowoBatches.skipped`; any other fault (an undecodable record or image, a missing
+field, an unusable conversation) fails the bundle, which the pipeline skips and counts under the exception's
+class name (`skipped/ImageDecodeError`, `skipped/UndecodableRecord`, ... in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data import images as image_ops
-from mmjax.data.sources import make_source
+from mmjax.data.sharded import host_local
+from mmjax.data.sources import NoImageError, make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab
 from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
@@ -180,6 +189,27 @@ def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encoders
     return out
 
 
+class UndecodableRecord(ValueError):
+    """A part's source returned None for a drawn record (its reason was logged where it was read)."""
+
+
+def carries_codes(source: Any, part: str, num_image_tokens: int, probe: int = 16) -> bool:
+    """Whether a source's records carry pre-computed codes (`ids`), judged by its first readable record among
+    the first `probe`; codes of another grid than the task's (another tokenizer resolution) are refused."""
+    for i in range(min(probe, len(source))):
+        record = source[i]
+        if record is None:
+            continue
+        if "ids" not in record:
+            return False
+        size = int(np.size(record["ids"]))
+        if size != num_image_tokens:
+            raise configlib.ConfigError(f"the {part} source's records carry {size} codes per image but the task's "
+                                        f"rows hold {num_image_tokens} (tokenized at another image size?)")
+        return True
+    return False
+
+
 class BundleSource:
     """Record i of the bundle source is just {"index": i}; `ShowoBatches.bundle` draws the examples."""
 
@@ -214,10 +244,16 @@ class ShowoBatches:
             if key not in by_key:  # T2I / LM / MMU often share one source (tiny configs): open it once
                 by_key[key] = open_source(parts[part]["source"])
             self.sources[part], self._keys[part] = by_key[key], key
-        if encoders is not None:
-            for key, source in by_key.items():
-                self.cache.update(pretokenize(source, builder, [p for p in self.sources if self._keys[p] == key],
-                                              encoders))
+        image_tokens = builder.seq_len - builder.s - 3   # a row is [pad|text S][soi][N codes][eoi]
+        for key, source in by_key.items():
+            parts_here = [p for p in self.sources if self._keys[p] == key]
+            image_parts = [p for p in parts_here if p != "lm"]
+            if image_parts and carries_codes(source, image_parts[0], image_tokens):
+                if encoders is None:
+                    raise configlib.ConfigError(f"the {'/'.join(image_parts)} source holds pre-tokenized records "
+                                                "(`ids`); set tokenizer.pretokenize=True to train on their codes")
+            elif encoders is not None:
+                self.cache.update(pretokenize(source, builder, parts_here, encoders))
         self.skipped = 0
 
     def __len__(self) -> int:
@@ -242,30 +278,26 @@ class ShowoBatches:
 
     def _example(self, part: str, row: int, rng: np.random.Generator | None, tries: int = 16
                  ) -> dict[str, np.ndarray]:
-        """One example; a bad record (undecodable, text-only for MMU, over-long) is logged, counted in `skipped`
-        and replaced by another draw, so one bad file never drops a whole bundle."""
+        """One example; a record without an image for an image part is logged, counted in `skipped` and replaced
+        by another draw; any other fault propagates (the pipeline skips the bundle and counts the reason)."""
         source = self.sources[part]
         for _ in range(tries):
+            record = source[row]
+            if record is None:
+                raise UndecodableRecord(f"{part} record {row} could not be read (see the warning before)")
             try:
-                record = source[row]
-                if record is None:
-                    raise ValueError("undecodable record")
                 return self.builder.build(part, record)
-            except (ValueError, KeyError, OSError) as e:
+            except NoImageError as e:
                 self.skipped += 1
                 if self.skipped <= 5:
                     log.warning("skipping %s record %d (%s: %s)", part, row, type(e).__name__, e)
                 row = int(rng.integers(len(source))) if rng is not None else (row + 1) % len(source)
-        raise ValueError(f"{tries} consecutive bad {part} records; last index {row}")
+        raise NoImageError(f"{tries} consecutive {part} records without an image; last index {row}")
 
 
 def open_source(cfg: Any) -> Any:
-    """`make_source`, plus LLaVA's JSON + image folder (`name="llava_json"`, fields json, images)."""
-    if cfg["name"] == "llava_json":
-        from mmjax.data.llava_data import LlavaJsonSource
-
-        return LlavaJsonSource(cfg["json"], cfg.get("images", ""))
-    return make_source(cfg)
+    """The records this host draws from: `make_source` (LLaVA JSON included), a sharded corpus' own shards."""
+    return host_local(make_source(cfg))
 
 
 def bundle_spec(mix: Mapping[str, int], s: int, seq_len: int, image_size: int, num_image_tokens: int,

@@ -26,6 +26,7 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, tokenize_conversation
+from mmjax.data.sources import NoImageError
 from mmjax.data.text import Tokenizer
 from mmjax.models.showo_layout import ShowoVocab, mmu_question_text
 from mmjax.models.showo_vit_layout import mmu_vit_question_text
@@ -92,13 +93,21 @@ class ExampleBuilder:
             return record["image"], f"{part} image"
         paths = record.get("image_paths") or []
         if not paths:
-            raise ValueError(f"{part} record {record.get('id', '')!r} has no image (text-only records are skipped)")
+            raise NoImageError(f"{part} record {record.get('id', '')!r} has no image (text-only records are "
+                               "skipped)")
         return paths[0], paths[0]
 
     def image(self, record: Mapping[str, Any], part: str) -> np.ndarray:
         """Tokenizer pixels: float32 (image_size, image_size, 3) in [-1, 1]."""
         value, where = self._image_value(record, part)
         return load_image(value, self.image_size, where)
+
+    def image_fields(self, record: Mapping[str, Any], part: str) -> dict[str, np.ndarray]:
+        """The image as the step reads it: the codes a pre-tokenized record carries (`ids`, written by
+        `python -m mmjax.tokenize_images`), flattened, else tokenizer pixels."""
+        if "ids" in record:
+            return {"codes": np.asarray(record["ids"], np.int32).reshape(-1)}
+        return {"image": self.image(record, part)}
 
     def clip_image(self, record: Mapping[str, Any], part: str) -> np.ndarray:
         """CLIP pixels: float32 (vision.image_size, ..., 3), CLIP-normalised."""
@@ -108,7 +117,7 @@ class ExampleBuilder:
     def t2i(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         ids = self.tok.encode(self.caption("t2i", record))
         return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
-                "image": self.image(record, "t2i")}
+                **self.image_fields(record, "t2i")}
 
     def lm(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         ids = self.tok.encode(self.caption("lm", record))
@@ -154,7 +163,7 @@ class ExampleBuilder:
         out = {"conv": pad_ids(ids, budget), "target": pad_ids(target, budget).astype(bool),
                "conv_len": np.int32(min(len(ids), budget))}
         if self.clip is None:
-            out["image"] = self.image(record, "mmu")
+            out.update(self.image_fields(record, "mmu"))
         else:
             out["clip_image"] = self.clip_image(record, "mmu")
         return out
