@@ -32,7 +32,8 @@ from mmjax.train.trainer import train
 
 # FAST (the test suite) trains a couple of steps on a small pretokenized split and evaluates on a handful.
 FAST_TOKENIZER = ["eval.max_examples=32"] if FAST else []
-FAST_SHOWO = ["eval.num_t2i=4", "eval.num_mmu=4", "eval.batch=4", "eval.loss_batches=1"] if FAST else []
+FAST_SHOWO = ["eval.num_t2i=4", "eval.num_mmu=4", "eval.batch=4", "eval.loss_batches=1", "eval.t2i_steps=2",
+              "eval.max_new_tokens=4"] if FAST else []
 if FAST:
     TOKENIZER_STEPS, SHOWO_STEPS = 2, 2
 
