@@ -72,7 +72,7 @@ def test_notebook_runs_on_cpu(name, notebook_out, monkeypatch):
     for key, value in {"MMJAX_FAST": "1", "MMJAX_NOTEBOOK_OUT": str(notebook_out), "JAX_PLATFORMS": "cpu",
                        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                        "JAX_COMPILATION_CACHE_DIR": str(notebook_out / "jax_cache"),
-                       "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip(),}.items():
+                       "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
