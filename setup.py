@@ -23,6 +23,9 @@ CORE = [
     "importlib_resources>=6.0",  # tensorflow-datasets preparation needs it but does not declare it
 ]
 
+# colab/*.ipynb beyond the package: plots, scikit-image's photos, and the kernel tests/test_notebooks.py runs them in.
+NOTEBOOKS = ["scikit-image>=0.22", "matplotlib>=3.8", "ipykernel>=6.29", "nbclient>=0.10", "nbformat>=5.10"]
+
 setup(
     name="mmjax",
     version="0.1.0",
@@ -33,9 +36,10 @@ setup(
     extras_require={
         # jax[tpu] brings libtpu, which compiles for TPU slices on any machine (tests/train/test_preflight.py).
         # Its extra pins the libtpu release of the *installed* jax, so a newer jax gets its own libtpu.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-image>=0.22", "jax[tpu]>=0.10.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "jax[tpu]>=0.10.2", *NOTEBOOKS],
         # Parity tests against the PyTorch references; `pip install torch==2.13.0` first for a CPU-only build.
         "parity": ["torch>=2.4", "transformers>=4.50"],
+        "notebooks": NOTEBOOKS,
         "gpu": ["jax[cuda12]>=0.10.2"],
         # Cloud TPU VMs: libtpu, and gs:// workdirs (gcsfs for etils.epath, google-cloud-storage for TensorBoard).
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],

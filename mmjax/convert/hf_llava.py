@@ -27,8 +27,8 @@ import numpy as np
 
 from mmjax.convert import hf_clip, hf_lm
 from mmjax.convert.safetensors_io import KeyConsumer, load_safetensors
-from mmjax.data import images as im
 from mmjax.data.llava_data import ImageConfig
+from mmjax.layout.anyres import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from mmjax.models.llava import LlavaConfig
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def _image_norm(vision_type: str, preprocessor: dict[str, Any] | None) -> tuple[
     if preprocessor and "image_mean" in preprocessor:
         return tuple(preprocessor["image_mean"]), tuple(preprocessor["image_std"])
     if vision_type.startswith("siglip"):
-        return im.SIGLIP_MEAN, im.SIGLIP_STD
-    return im.CLIP_MEAN, im.CLIP_STD
+        return SIGLIP_MEAN, SIGLIP_STD
+    return CLIP_MEAN, CLIP_STD
 
 
 def llava_config_from_hf(hf: dict[str, Any] | str | os.PathLike, *, preprocessor: dict[str, Any] | None = None,

@@ -19,7 +19,7 @@ warning that names the file and line.
 
 Sample. `LlavaProcessor` turns (conversation, images) into the arrays `mmjax.models.llava.Llava` takes: labels
 from `mmjax.data.conversation`, each `<image>` expanded to exactly the number of tokens its token map realises
-(`mmjax.models.llava_packing`, counts from `images.anyres_token_layout`), the uint8 tiles in (slots, tiles)
+(`mmjax.layout.token_maps`, counts from `mmjax.layout.anyres.anyres_token_layout`), the uint8 tiles in (slots, tiles)
 order, and the per-position gather map. Training samples are right-padded to `max_len`; generation prompts
 are left-padded per batch by `collate_prompts`.
 """
@@ -46,7 +46,8 @@ from mmjax.data.conversation import (
     tokenize_conversation,
 )
 from mmjax.data.text import Tokenizer
-from mmjax.models.llava_packing import TokenMap, anyres_map, base_map, place_maps, video_map
+from mmjax.layout.anyres import CLIP_MEAN_RGB, AnyResLayout, anyres_token_layout, grid_pinpoints
+from mmjax.layout.token_maps import TokenMap, anyres_map, base_map, place_maps, video_map
 
 log = logging.getLogger(__name__)
 IMAGE_MODES = ("llava1", "pad", "squash", "anyres")
@@ -172,7 +173,7 @@ class ImageConfig:
     max_images: int = 1
     max_tiles: int = 0
     taps: int = 1
-    fill: tuple[int, int, int] = im.CLIP_MEAN_RGB
+    fill: tuple[int, int, int] = CLIP_MEAN_RGB
     max_pixels: int = im.MAX_IMAGE_PIXELS
 
     def __post_init__(self):
@@ -187,7 +188,7 @@ class ImageConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ImageConfig:
         d = dict(d)
         if isinstance(d.get("pinpoints"), str):
-            d["pinpoints"] = im.grid_pinpoints(d["pinpoints"], d.get("size", 336))
+            d["pinpoints"] = grid_pinpoints(d["pinpoints"], d.get("size", 336))
         d["pinpoints"] = tuple((int(w), int(h)) for w, h in d.get("pinpoints", ()))
         if "fill" in d:
             d["fill"] = tuple(int(c) for c in d["fill"])
@@ -223,8 +224,8 @@ class ImageConfig:
             raise ValueError(f"image.max_tiles={self.max_tiles} admits none of the pinpoints {self.pinpoints}")
         return fits
 
-    def layout(self, width: int, height: int) -> im.AnyResLayout:
-        return im.anyres_token_layout((width, height), self.usable_pinpoints, self.size, self.patch_size,
+    def layout(self, width: int, height: int) -> AnyResLayout:
+        return anyres_token_layout((width, height), self.usable_pinpoints, self.size, self.patch_size,
                                       max_tiles=self.anyres_max or None, newline=self.newline)
 
 

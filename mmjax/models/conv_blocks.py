@@ -13,16 +13,14 @@ whatever `dtype` is. Dropout is left out: the reference uses 0.0 and a tokenizer
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.vq_config import VQConfig
 from mmjax.nn.layers import constrain, default_kernel_init, ones, partitioned, zeros
-
-if TYPE_CHECKING:
-    from mmjax.models.vq import VQConfig
 
 Dtype = Any
 ACT_AXES = ("act_batch", None, None, "act_embed")

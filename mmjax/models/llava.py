@@ -6,8 +6,9 @@
 S image slots per sample (several images, or none: a sample's image count is just how many of its slots its
 token map uses), N tiles per slot (1 for LLaVA-1/1.5; 1 + grid tiles for AnyRes; frames for video), P patches
 per tile. Each image position of `ids` takes its embedding from the projected features through a token map
-(`mmjax.models.llava_packing`): identity order for LLaVA-1/1.5, unpad + newline (+ bilinear reduction) for
-LLaVA-NeXT / OneVision. Shapes are static, so one jit-compiled program serves every batch.
+(`mmjax.layout.token_maps`, applied by `mmjax.models.llava_packing.splice`): identity order for LLaVA-1/1.5,
+unpad + newline (+ bilinear reduction) for LLaVA-NeXT / OneVision. Shapes are static, so one jit-compiled
+program serves every batch.
 
 Vision tower: a `mmjax.models.vit.ViT` configured as CLIP or SigLIP (`VISION_PRESETS`). LLaVA reads an inner
 layer (`feature_layer`, HF numbering: -2 = output of the second-to-last block for CLIP; -1 for OneVision's SigLIP,
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.data.images import CLIP_MEAN, CLIP_STD
+from mmjax.layout.anyres import CLIP_MEAN, CLIP_STD
 from mmjax.models.llava_packing import splice
 from mmjax.models.lm import LM, LMConfig, get_config
 from mmjax.models.projector import Projector, projector_depth

@@ -10,8 +10,9 @@ import pytest
 from mmjax.convert.hf_llava import _normalise, hf_to_params, llava_config_from_hf, load_hf_llava
 from mmjax.data import images as im
 from mmjax.data.llava_data import process_media
+from mmjax.layout import anyres
+from mmjax.layout.token_maps import place_maps, video_map
 from mmjax.models.llava import Llava
-from mmjax.models.llava_packing import place_maps, video_map
 
 TOL = 1e-4
 IMG, VID = 95, 96  # image / video token ids of the tiny HF models
@@ -120,7 +121,7 @@ def test_llava_next_anyres_logits_match_transformers(tmp_path):
     torch = _torch()
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-    hf_pins = [[h, w] for w, h in im.LLAVA_NEXT_PINPOINTS_HF]  # the 336 pinpoints as HF stores them (h, w)
+    hf_pins = [[h, w] for w, h in anyres.LLAVA_NEXT_PINPOINTS_HF]  # the 336 pinpoints as HF stores them (h, w)
     hf_pins = [[h // 12, w // 12] for h, w in hf_pins]  # scaled to 28px tiles
     hf = LlavaNextForConditionalGeneration(LlavaNextConfig(
         vision_config=_clip(), text_config=_text_config("llama"), image_token_index=IMG,
@@ -181,7 +182,7 @@ def test_onevision_anyres_max_and_multi_image_match_transformers(tmp_path):
         for slot, (tiles, _) in enumerate(row):
             pixels[r, slot, : len(tiles)] = tiles
             padded = np.zeros((cfg.tiles, 3, 40, 40), np.float32)
-            padded[: len(tiles)] = im.normalize(tiles, im.SIGLIP_MEAN, im.SIGLIP_STD).transpose(0, 3, 1, 2)
+            padded[: len(tiles)] = im.normalize(tiles, anyres.SIGLIP_MEAN, anyres.SIGLIP_STD).transpose(0, 3, 1, 2)
             hf_images.append(padded)
     sizes = [[h, w] for w, h in OV_SIZES] + [[40, 60], [70, 35]]
     spans = [[(s, slot, m) for slot, (s, (_, m)) in enumerate(zip(st, row))] for st, row in zip(starts, per_row)]
@@ -197,12 +198,12 @@ def test_onevision_video_pooling_matches_transformers(tmp_path):
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 256, (2, 3, 40, 40, 3), dtype=np.uint8)  # 2 videos of 3 frames
     vmap = video_map(3, 5)
-    assert vmap.num_tokens == im.video_token_count(3, 5) == 3 * 9 + 1
+    assert vmap.num_tokens == anyres.video_token_count(3, 5) == 3 * 9 + 1
     cfg = dataclasses.replace(loaded.image, max_tiles=3)
     ids, mask, starts = _rows(rng, [[(VID, vmap.num_tokens)]] * 2, 48)
     pixels = frames[:, None]
     spans = [[(row[0], 0, vmap)] for row in starts]
-    hf_pixels = im.normalize(frames, im.SIGLIP_MEAN, im.SIGLIP_STD).transpose(0, 1, 4, 2, 3)
+    hf_pixels = im.normalize(frames, anyres.SIGLIP_MEAN, anyres.SIGLIP_STD).transpose(0, 1, 4, 2, 3)
     ours_ids = np.where(ids == VID, IMG, ids)  # mmjax marks every image/video position with one id
     _compare(torch, hf, loaded, ids, mask, pixels, spans, {"pixel_values_videos": torch.tensor(hf_pixels)}, cfg,
              ours_ids=ours_ids)

@@ -32,6 +32,7 @@ from mmjax.data.llava_data import (
     record_context,
 )
 from mmjax.data.text import make_tokenizer
+from mmjax.layout import anyres
 
 SIZE, PATCH, MAX_LEN = 32, 8, 128
 TINY = Path(__file__).parents[2] / "configs" / "llava" / "tiny.py"
@@ -153,7 +154,7 @@ def test_corpus_through_source_and_processor(corpus: dict, caplog: pytest.LogCap
     with caplog.at_level(logging.WARNING, logger="mmjax.data.llava_data"):
         rows, counts = _run(source, preprocess)
     assert counts == corpus["counts"]
-    _check_samples(rows, corpus, im.CLIP_MEAN_RGB)
+    _check_samples(rows, corpus, anyres.CLIP_MEAN_RGB)
     assert "data.jsonl line 15: malformed JSON" in caplog.text and "data.jsonl line 16" in caplog.text
     # an error names the file, the line, the record and the image
     with pytest.raises(MissingImageError, match=r"data\.jsonl line 2 \(id 'missing'\): image file .*missing\.jpg"):

@@ -19,6 +19,7 @@ from mmjax.data.llava_data import (
     load_images,
 )
 from mmjax.data.text import make_tokenizer
+from mmjax.layout import anyres
 
 TOK = make_tokenizer("byte", special_tokens=["<|im_start|>", "<|im_end|>"])
 IMAGE_ID = TOK.token_to_id("<image>")
@@ -126,7 +127,7 @@ def test_prompts_are_left_padded_with_shifted_maps():
 def test_onevision_multi_image_pads_each_image_with_the_mean_colour():
     """The reference processes every image of a multi-image sample with 'pad' (mean-colour square, then the
     processor's resize) and keeps its base view + one newline; a single image still gets AnyRes tiles."""
-    fill = im.pad_fill(im.SIGLIP_MEAN)
+    fill = im.pad_fill(anyres.SIGLIP_MEAN)
     pins = ((28, 56), (56, 28), (56, 56))
     processor = _processor(max_len=200, mode="anyres", pinpoints=pins, newline=True, max_images=2,
                            multi_image="base", fill=fill)
@@ -148,8 +149,8 @@ def _rgb_image(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def test_max_tiles_caps_the_anyres_grid_instead_of_refusing_big_images():
-    from mmjax.data.images import ONEVISION_PINPOINTS
     from mmjax.data.llava_data import ImageConfig, process_media
+    from mmjax.layout.anyres import ONEVISION_PINPOINTS
 
     capped = ImageConfig(mode="anyres", size=384, patch_size=14, pinpoints=ONEVISION_PINPOINTS, anyres_max=9,
                          max_tiles=10)

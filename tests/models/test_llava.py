@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.data import images as im
 from mmjax.data.llava_data import ImageConfig
+from mmjax.layout import anyres
+from mmjax.layout.token_maps import anyres_map, base_map, bilinear_taps, place_maps, video_map
 from mmjax.models.llava import Llava, LlavaConfig
-from mmjax.models.llava_packing import anyres_map, base_map, bilinear_taps, place_maps, splice, video_map
+from mmjax.models.llava_packing import splice
 from mmjax.models.lm import LM
 from mmjax.models.projector import Projector, projector_depth
 from mmjax.models.vit import ViT
@@ -85,8 +86,8 @@ def _pack_with_model(feats: np.ndarray, tmap, newline: np.ndarray) -> np.ndarray
 @pytest.mark.parametrize("size", [(672, 672), (768, 767), (1500, 700), (333, 1000)])
 @pytest.mark.parametrize("onevision", [False, True])
 def test_anyres_maps_equal_the_reference_algorithm_and_the_layout_count(size, onevision):
-    tile, pins = (384, im.ONEVISION_PINPOINTS) if onevision else (336, im.LLAVA_NEXT_PINPOINTS_HF)
-    layout = im.anyres_token_layout(size, pins, tile, 14, max_tiles=9 if onevision else None)
+    tile, pins = (384, anyres.ONEVISION_PINPOINTS) if onevision else (336, anyres.LLAVA_NEXT_PINPOINTS_HF)
+    layout = anyres.anyres_token_layout(size, pins, tile, 14, max_tiles=9 if onevision else None)
     tmap = anyres_map(layout)
     assert tmap.num_tokens == layout.num_tokens and tmap.num_tiles == layout.num_tiles
     rng = np.random.default_rng(0)
@@ -99,8 +100,8 @@ def test_anyres_maps_equal_the_reference_algorithm_and_the_layout_count(size, on
 
 
 def test_video_and_multi_image_maps():
-    assert video_map(8, 27).num_tokens == im.video_token_count(8) == 8 * 196 + 1
-    assert base_map(27, newline=True).num_tokens == im.multi_image_token_count() == 730
+    assert video_map(8, 27).num_tokens == anyres.video_token_count(8) == 8 * 196 + 1
+    assert base_map(27, newline=True).num_tokens == anyres.multi_image_token_count() == 730
     i0, i1, w0, w1 = bilinear_taps(27, 14)  # torch: src = (dst + 0.5) * 27 / 14 - 0.5, clamped at 0
     src = np.maximum((np.arange(14) + 0.5) * 27 / 14 - 0.5, 0)
     np.testing.assert_allclose(i0 * w0 + i1 * w1, src, atol=1e-5)
@@ -214,7 +215,7 @@ def test_anyres_token_counts_and_values_equal_transformers_over_many_sizes(onevi
     sizes += [tuple(int(v) for v in rng.integers(16, 2500, 2)) for _ in range(14)]
     newline = model.image_newline.detach().numpy()
     for size in sizes:
-        layout = im.anyres_token_layout(size, pins, tile, 14, max_tiles=9 if onevision else None)
+        layout = anyres.anyres_token_layout(size, pins, tile, 14, max_tiles=9 if onevision else None)
         feats = rng.normal(size=(layout.num_tiles, layout.patches_per_side ** 2, 8)).astype(np.float32)
         want = _hf_pack(model, feats, size, onevision)
         assert anyres_map(layout).num_tokens == layout.num_tokens == len(want), size

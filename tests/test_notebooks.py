@@ -1,0 +1,82 @@
+"""colab/*.ipynb: each notebook runs top to bottom on a CPU in FAST mode, and the committed notebooks are exactly
+what colab/build_notebooks.py builds from colab/src/, without outputs.
+
+The notebooks share one output folder (MMJAX_NOTEBOOK_OUT), so show_o reuses the runs quickstart trained, and one
+JAX compilation cache, so tokenizer's FAST run (quickstart's architecture) compiles nothing new. Each notebook gets
+its own kernel, as in Colab. The runs are a couple of steps of tiny models, which makes XLA's compile time the
+cost: the kernels compile with LLVM's optimisations off (`--xla_backend_optimization_level=0`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from tests.helpers import REPO
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+COLAB = os.path.join(REPO, "colab")
+# quickstart first: show_o and tokenizer then reuse its runs and compiled programs.
+NOTEBOOKS = ("quickstart", "show_o", "tokenizer", "llava", "diffusion", "tpu")
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_notebooks", os.path.join(COLAB, "build_notebooks.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def notebook_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def test_every_source_has_a_notebook_and_the_test_runs_them_all():
+    sources = sorted(name[:-3] for name in os.listdir(os.path.join(COLAB, "src")) if name.endswith(".py"))
+    assert sources == sorted(NOTEBOOKS)
+
+
+def test_committed_notebooks_equal_their_sources_and_hold_no_outputs():
+    builder = load_builder()
+    assert builder.main(["--check"]) == 0, "run python colab/build_notebooks.py and commit the notebooks"
+    for name in NOTEBOOKS:
+        nb = nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and "**Time**" in nb.cells[0].source, name
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs committed"
+
+
+def test_the_builder_rejects_malformed_sources(tmp_path):
+    builder = load_builder()
+    with pytest.raises(ValueError, match="unknown cell marker"):
+        builder.parse_cells("# %% [setup]\nA = 1\n# %% [raw]\n", "x.py")
+    with pytest.raises(ValueError, match="exactly one"):
+        builder.parse_cells("# %%\nA = 1\n", "x.py")
+    with pytest.raises(ValueError, match="markdown lines must be comments"):
+        builder.parse_cells("# %% [setup]\n# %% [markdown]\nnot a comment\n", "x.py")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_on_cpu(name, notebook_out, monkeypatch):
+    if name == "tpu":
+        pytest.importorskip("libtpu")  # the test extra installs jax[tpu]; without it the notebook would pip install
+    for key, value in {"MMJAX_FAST": "1", "MMJAX_NOTEBOOK_OUT": str(notebook_out), "JAX_PLATFORMS": "cpu",
+                       "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                       "JAX_COMPILATION_CACHE_DIR": str(notebook_out / "jax_cache"),
+                       "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": COLAB}})
+    client.execute()  # a failing cell raises CellExecutionError with its traceback
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any(o.get("data", {}).get("image/png") for o in outputs), f"{name} drew no figure"
