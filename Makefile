@@ -28,7 +28,7 @@ demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
 lint: $(TEST_STAMP)
-	$(PY) -m ruff check mmjax tests scripts configs
+	$(PY) -m ruff check mmjax tests scripts configs colab
 
 test: $(TEST_STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
