@@ -4,7 +4,7 @@ what colab/build_notebooks.py builds from colab/src/, without outputs.
 The notebooks share one output folder (MMJAX_NOTEBOOK_OUT), so show_o reuses the runs quickstart trained, and one
 JAX compilation cache, so tokenizer's FAST run (quickstart's architecture) compiles nothing new. Each notebook gets
 its own kernel, as in Colab. The runs are a couple of steps of tiny models, which makes XLA's compile time the
-cost: the kernels compile with LLVM's optimisations off (`--xla_backend_optimization_level=0`).
+cost: the kernels inherit the suite's fast-compile XLA flags (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ pytest.importorskip("matplotlib")
 COLAB = os.path.join(REPO, "colab")
 # quickstart first: show_o and tokenizer then reuse its runs and compiled programs.
 NOTEBOOKS = ("quickstart", "show_o", "tokenizer", "llava", "diffusion", "tpu")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def load_builder():
@@ -71,8 +70,7 @@ def test_notebook_runs_on_cpu(name, notebook_out, monkeypatch):
         pytest.importorskip("libtpu")  # the test extra installs jax[tpu]; without it the notebook would pip install
     for key, value in {"MMJAX_FAST": "1", "MMJAX_NOTEBOOK_OUT": str(notebook_out), "JAX_PLATFORMS": "cpu",
                        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                       "JAX_COMPILATION_CACHE_DIR": str(notebook_out / "jax_cache"),
-                       "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}.items():
+                       "JAX_COMPILATION_CACHE_DIR": str(notebook_out / "jax_cache")}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
