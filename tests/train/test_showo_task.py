@@ -298,6 +298,7 @@ print("PARAMS", trainer.num_params, "SEQ", trainer.task.seq_len, "COMPILED", rou
 """
 
 
+@pytest.mark.slow  # ~90 s; the TPU pre-flight compiles the same step for v5e-16 / v5p-64 (docs/tpu.md)
 def test_showo_13b_stage1_step_compiles_on_8_devices(tmp_path):
     result = run([sys.executable, "-c", COMPILE_SCRIPT.format(workdir=tmp_path)], devices=8, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -43,7 +43,7 @@ def assert_trees_equal(a, b):
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
-    steps = 400
+    steps = 200
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     cmd = lambda wd: train_cmd(f"{CONFIG}:steps={steps}", wd, *TINY)
     proc = subprocess.Popen(cmd(killed), env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
