@@ -32,8 +32,9 @@ Hardware:  48 GPUs (the reference: accelerate + DeepSpeed ZeRO-2, bf16); here bf
            unrolled layers (scan_layers=False: 200 ms/step against 248 scanned), no remat (one 29-row bundle
            peaks at 69 GiB without it), rows padded to a multiple of 8 (showo.seq_multiple: 387 -> 392, losses
            unchanged) and the 58,498-wide head padded to 58,624 (model.vocab_pad_multiple). On chips with less
-           memory set model.remat_policy=full (the TPU slice variants do). The 256 px stage-1 step is checked to
-           compile on 8 CPU devices in tests/train/test_showo_task.py. NOT RUN in mmjax at this scale.
+           memory set model.remat_policy=full (the TPU slice variants set their own). The 256 px stage-1 step is
+           checked to compile on 8 CPU devices (tests/train/test_showo_task.py, `-m slow`) and for v5e-16 / v5p-64
+           (docs/tpu.md). NOT RUN in mmjax at this scale.
 TPU:       `slice=v5e-16` or `slice=v5p-64` (256 px, any stage) keeps the 48 bundles per update on that slice: mesh,
            bundles per micro-step and gradient accumulation from `SLICE_PLANS`, checked with the compile-only
            pre-flight (docs/tpu.md has the per-chip memory):
@@ -62,6 +63,7 @@ SLICE_PLANS = {  # 256 px; (bundles per micro-step) x grad_accum = 48
     "v5e-16": SlicePlan(fsdp=8, tensor=2, batch_size=8, grad_accum=6),
     "v5p-64": SlicePlan(fsdp=16, tensor=2, batch_size=48, grad_accum=1),
 }
+SLICE_REMAT = {"v5e-16": "full", "v5p-64": "dots_with_no_batch_dims"}  # the policy each slice's pre-flight checked
 T2I_DATA = {  # ArrayRecord shards of {"image": bytes, "caption"} per stage's mixture (read by instruct.py)
     2: "/data/t2i_sa1b_cc12m_laion_aes/*.array_record",
     3: "/data/t2i_laion_aes_journeydb/*.array_record",
@@ -158,7 +160,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if arg.res != 256:
             raise ConfigError(f"slice={arg.slice}: the TPU slice plans are for res=256")
         apply_slice_plan(c, arg.slice, SLICE_PLANS, GLOBAL_BUNDLES)
-        # 16-95 GiB chips, not an H200's 141: blocks rematerialised, and scanned (one block to compile, the layout
-        # MaxText uses on TPU); the pre-flight numbers in docs/tpu.md are for these settings.
-        c.model.update(remat_policy="full", scan_layers=True)
+        # 16-95 GiB chips, not an H200's 141: blocks rematerialised (v5p keeps the weight matmuls' outputs), and
+        # scanned (one block to compile, the layout MaxText uses on TPU); docs/tpu.md has their pre-flight numbers.
+        c.model.update(remat_policy=SLICE_REMAT[arg.slice], scan_layers=True)
     return c
