@@ -31,7 +31,7 @@ lint: $(TEST_STAMP)
 	$(PY) -m ruff check mmjax tests scripts configs colab
 
 test: $(TEST_STAMP) lint
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "" tests
