@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<image>")
@@ -46,6 +46,23 @@ def _split_on_specials(text: str, pattern: re.Pattern | None,
     if pos < len(text):
         out.append((pos, text[pos:]))
     return out
+
+
+def _encode_with_offsets(text: str, pattern: re.Pattern | None, specials: Mapping[str, int],
+                         encode_piece: Callable[[str], tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """(ids, the index in `text` where each id's characters start): special tokens are one id each, plain-text
+    pieces go through `encode_piece(piece) -> (ids, starts within the piece)`."""
+    ids: list[int] = []
+    starts: list[int] = []
+    for pos, piece in _split_on_specials(text, pattern, specials):
+        if isinstance(piece, int):
+            ids.append(piece)
+            starts.append(pos)
+        else:
+            piece_ids, piece_starts = encode_piece(piece)
+            ids.extend(piece_ids)
+            starts.extend(pos + start for start in piece_starts)
+    return ids, starts
 
 
 def _compile_specials(tokens: Iterable[str]) -> re.Pattern | None:
@@ -158,18 +175,11 @@ class ByteTokenizer(Tokenizer):
         return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
-        ids: list[int] = []
-        starts: list[int] = []
-        for pos, piece in _split_on_specials(text, self._pattern, self._specials):
-            if isinstance(piece, int):
-                ids.append(piece)
-                starts.append(pos)
-                continue
-            for i, char in enumerate(piece):
-                encoded = char.encode("utf-8")
-                ids.extend(encoded)
-                starts.extend([pos + i] * len(encoded))
-        return ids, starts
+        def piece_bytes(piece: str) -> tuple[list[int], list[int]]:
+            encoded = [char.encode("utf-8") for char in piece]
+            return ([b for e in encoded for b in e], [i for i, e in enumerate(encoded) for _ in e])
+
+        return _encode_with_offsets(text, self._pattern, self._specials, piece_bytes)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         out: list[str] = []
@@ -251,19 +261,13 @@ class SentencePieceTokenizer(Tokenizer):
         return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
-        ids: list[int] = []
-        starts: list[int] = []
-        for pos, piece in _split_on_specials(text, self._pattern, self._specials):
-            if isinstance(piece, int):
-                ids.append(piece)
-                starts.append(pos)
-                continue
+        def piece_pieces(piece: str) -> tuple[list[int], list[int]]:
             # SentencePiece reports UTF-8 byte offsets into the piece; map them to character indices
             char_of_byte = [i for i, char in enumerate(piece) for _ in char.encode("utf-8")] + [len(piece)]
-            for sp_piece in self._sp.encode(piece, out_type="proto").pieces:
-                ids.append(sp_piece.id)
-                starts.append(pos + char_of_byte[min(sp_piece.begin, len(char_of_byte) - 1)])
-        return ids, starts
+            pieces = self._sp.encode(piece, out_type="proto").pieces
+            return ([p.id for p in pieces], [char_of_byte[min(p.begin, len(char_of_byte) - 1)] for p in pieces])
+
+        return _encode_with_offsets(text, self._pattern, self._specials, piece_pieces)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         out: list[str] = []
