@@ -294,13 +294,13 @@ class ShowoTask(Task):
             mask = showo_block_mask(rows.ids, rows.sizes, max_text_len=self.s + self.row_len - self.seq_len,
                                     num_image_tokens=self.n, pad_id=self.vocab.pad_id)
             return self.model.apply(variables, rows.ids, mask=mask)
-        period, m = sum(rows.sizes.values()), rows.sizes["mmu"]
-        per_bundle = lambda x: x.reshape(-1, period, *x.shape[1:])
-        embeds = per_bundle(self.model.apply(variables, rows.ids, method=showo_model.Showo.embed))
-        mmu_ids = per_bundle(rows.ids)[:, -m:].reshape(-1, rows.ids.shape[1])
-        mmu = self.model.apply(variables, mmu_ids, rows.mmu_features, rows.mmu_slots,
+        period, m, t = sum(rows.sizes.values()), rows.sizes["mmu"], rows.ids.shape[1]
+        ids = rows.ids.reshape(-1, period, t)
+        embeds = self.model.apply(variables, ids[:, :-m].reshape(-1, t), method=showo_model.Showo.embed)
+        mmu = self.model.apply(variables, ids[:, -m:].reshape(-1, t), rows.mmu_features, rows.mmu_slots,
                                method=showo_model.Showo.embed_with_features)
-        embeds = jnp.concatenate([embeds[:, :-m], mmu.reshape(-1, m, *mmu.shape[1:])], axis=1)
+        per_bundle = lambda x, n: x.reshape(-1, n, *x.shape[1:])
+        embeds = jnp.concatenate([per_bundle(embeds, period - m), per_bundle(mmu, m)], axis=1)
         mask = self.model.apply(variables, rows.ids, method=showo_model.Showo.attention_mask)
         return self.model.apply(variables, None, embeds=embeds.reshape(-1, *embeds.shape[2:]), mask=mask,
                                 is_causal=False)

@@ -19,14 +19,15 @@ the first and low on the second. Samples go to `workdir/samples/t2i_<step>.png` 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from mmjax import paths
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
 from mmjax.models import showo_vit_layout as vit_layout
@@ -49,11 +50,11 @@ def evaluate(task: Any, params: Any, model_state: Any, ctx: EvalContext) -> dict
                 out[f"{part}_loss"] = sums[f"{part}_nll"] / max(sums[f"{part}_count"], 1.0)
         if "t2i_masked" in sums:
             out["t2i_masked_acc"] = sums["t2i_correct"] / max(sums["t2i_masked"], 1.0)
-    samples = os.path.join(ctx.workdir, "samples")
+    samples = epath.Path(ctx.workdir, "samples")
     if ev.num_t2i and task.mix["t2i"]:
-        out.update(eval_t2i(task, params, model_state, os.path.join(samples, f"t2i_{ctx.step}.png")))
+        out.update(eval_t2i(task, params, model_state, str(samples / f"t2i_{ctx.step}.png")))
     if ev.num_mmu and task.mix["mmu"]:
-        out.update(eval_mmu(task, params, model_state, os.path.join(samples, f"answers_{ctx.step}.jsonl")))
+        out.update(eval_mmu(task, params, model_state, str(samples / f"answers_{ctx.step}.jsonl")))
     return out
 
 
@@ -137,8 +138,10 @@ def eval_t2i(task: Any, params: Any, model_state: Any, grid_path: str) -> dict[s
     records = [source[i] for i in range(min(int(task.config.eval.num_t2i), len(source)))]
     prompts = [data.builder.caption("t2i", r) for r in records]
     images = generate_images(task, params, model_state, prompts, jax.random.key(task.config.eval.seed))
-    os.makedirs(os.path.dirname(grid_path), exist_ok=True)
-    geneval.save_png(geneval.image_grid(list(images), cols=8), grid_path)
+    grid_path = epath.Path(grid_path)  # the run may live in gs:// (docs/tpu.md)
+    paths.make_dirs(grid_path.parent)
+    with grid_path.open("wb") as f:
+        geneval.save_png(geneval.image_grid(list(images), cols=8), f)
     if not isinstance(source, ShapesSource):
         return {}
     kw = dict(colours=source.config.colours, shapes=source.config.shapes)
@@ -164,8 +167,9 @@ def eval_mmu(task: Any, params: Any, model_state: Any, answers_path: str) -> dic
     for row, r in zip(rows, records):
         if held_out:
             row["unseen"] = bool(r["qa_unseen"])
-    os.makedirs(os.path.dirname(answers_path), exist_ok=True)
-    with open(answers_path, "w", encoding="utf-8") as f:
+    answers_path = epath.Path(answers_path)
+    paths.make_dirs(answers_path.parent)
+    with answers_path.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     correct = [r["correct"] for r in rows]
     unseen = [r["unseen"] for r in rows] if held_out else None
