@@ -45,6 +45,7 @@ def block_size_for(length: int, block_size: int | None = None) -> int:
     return block_size or min(DEFAULT_BLOCK, LANES * math.ceil(length / LANES))
 
 
+@functools.cache  # one kernel (its block-sparsity tables built from a dense (T, T) mask) per layer shape, not per layer
 def _kernel(pattern: MaskPattern, length: int, heads: int, block: int, interpret: bool):
     mask = splash.NumpyMask(pattern.dense(length, length))
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
