@@ -115,6 +115,14 @@ def normalize_vqa_answer(answer: str) -> str:
     return process_digit_article(process_punctuation(answer))
 
 
+def evalai_normalize(answer: str) -> str:
+    """The EvalAI answer processor (TextVQA's and VizWiz's servers, LLaVA's submission converters): lower-case,
+    drop every ',' and '?', split off "'s", then the VQA normalisation. Unlike `normalize_vqa_answer` it is
+    applied to the human answers too, so "Coca-Cola's" and "coca cola 's" agree."""
+    answer = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_vqa_answer(answer)
+
+
 def _answer_text(answer: str | Mapping[str, Any]) -> str:
     return answer if isinstance(answer, str) else str(answer["answer"])
 
