@@ -1,0 +1,115 @@
+"""`python -m mmjax.eval` from the official files to scores.json: the registry, image decoding and skipping,
+prompts and writers (a stub answerer), and one tiny LLaVA run answering a new benchmark's questions."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.eval import answerers, benchmark
+from mmjax.eval import run as eval_run
+
+
+class EchoAnswerer:
+    """Answers from a table keyed by the prompt's first line; records what it was asked."""
+
+    needs_image = False
+
+    def __init__(self, table):
+        self.table, self.asked = table, []
+
+    def answer(self, items, batch_size, max_new_tokens):
+        self.asked += [(text, [im.shape for im in images], batch_size, max_new_tokens) for text, images in items]
+        return [self.table[text.split("\n")[0]] for text, _ in items]
+
+
+def test_every_benchmark_is_registered_with_its_module():
+    for name in benchmark.MODULES:
+        bench = benchmark.get(name)
+        assert callable(bench.read) and callable(bench.prompt) and bench.max_new_tokens > 0
+    assert set(eval_run.BENCHMARKS) == {*benchmark.MODULES, "shapes"}
+    with pytest.raises(KeyError, match="unknown benchmark 'nope'; known: ai2d"):
+        benchmark.get("nope")
+
+
+def test_textvqa_files_to_scores_with_skips(tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / f"{name}.jpg")
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    data = {"data": [{"question_id": i, "question": q, "image_id": im, "answers": ["coke"] * 10}
+                     for i, (q, im) in enumerate([("brand?", "a"), ("drink?", "b"), ("bad?", "c"), ("gone?", "z")])]}
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    stub = EchoAnswerer({"brand?": "Coke.", "drink?": "pepsi"})
+    monkeypatch.setattr(answerers, "load_answerer", lambda workdir, overrides, **kw: (stub, 3))
+    out = tmp_path / "out"
+    assert eval_run.main(["--workdir", str(tmp_path), "--benchmark", "textvqa", "--questions",
+                          str(tmp_path / "val.json"), "--images", str(tmp_path), "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores == {"benchmark": "textvqa", "answered": 2, "accuracy": 50.0, "count": 2,
+                      "skipped": {"ImageDecodeError": 1, "MissingImageError": 1}}
+    assert stub.asked[0] == ("brand?\nAnswer the question using a single word or phrase.", [(6, 8, 3)], 3, 16)
+    assert json.loads((out / "submission.json").read_text())[0] == {"question_id": 0, "answer": "coke"}
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert answers[1] == {"question_id": 1, "prompt": stub.asked[1][0], "text": "pepsi",
+                          "model_id": tmp_path.name}
+
+
+def test_show_o_runs_skip_questions_without_an_image(tmp_path, monkeypatch):
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "text": "Hi?", "answer": "x"}) + "\n")
+    stub = EchoAnswerer({})
+    stub.needs_image = True
+    monkeypatch.setattr(answerers, "load_answerer", lambda workdir, overrides, **kw: (stub, 1))
+    assert eval_run.main(["--workdir", str(tmp_path), "--benchmark", "gqa", "--questions", str(tmp_path / "q.jsonl"),
+                          "--out", str(tmp_path / "out")]) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["answered"] == 0 and scores["skipped"] == {"NoImage": 1}
+
+
+def test_bad_files_are_one_error_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"task": "lm"}))
+    assert eval_run.main(["--workdir", str(tmp_path), "--benchmark", "docvqa", "--questions", "q.json",
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "task is 'lm'; mmjax.eval answers with 'llava' or 'showo' runs" in capsys.readouterr().err
+
+
+def test_every_benchmark_has_its_command_in_the_paper_tables_page():
+    from tests.helpers import REPO
+
+    with open(os.path.join(REPO, "docs", "paper_tables.md"), encoding="utf-8") as f:
+        page = f.read()
+    assert not [name for name in benchmark.MODULES if f"--benchmark {name} " not in page]
+
+
+def test_a_tiny_llava_run_answers_docvqa_files(tmp_path):
+    """A real (untrained) tiny LLaVA through the DocVQA reader, prompt, batched KV-cache answers and ANLS."""
+    import orbax.checkpoint as ocp
+
+    from mmjax import configlib
+    from mmjax.train.trainer import Trainer
+    from tests.helpers import REPO
+
+    config = configlib.load_config_file(os.path.join(REPO, "configs/llava/tiny.py:stage=2,steps=1"))
+    trainer = Trainer(config, str(tmp_path / "unused"))
+    trainer.build()
+    run = tmp_path / "run"
+    run.mkdir()
+    configlib.write_json(config, str(run / "config.json"))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(str(run / "checkpoints" / "1" / "state"), {"params": trainer._init(trainer._rng).params})
+    (tmp_path / "documents").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / "documents" / f"{i}.png")
+    data = {"data": [{"questionId": i, "question": f"Total {i}?", "image": f"documents/{i}.png",
+                      "answers": ["42"]} for i in range(3)]}
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert eval_run.main(["--workdir", str(run), "--benchmark", "docvqa", "--questions", str(tmp_path / "val.json"),
+                          "--images", str(tmp_path), "--out", str(out), "--batch-size", "2",
+                          "--max-new-tokens", "3"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["answered"] == 3 and scores["count"] == 3 and 0.0 <= scores["anls"] <= 100.0
+    submission = json.loads((out / "submission.json").read_text())
+    assert [row["questionId"] for row in submission] == [0, 1, 2]
+    assert all(isinstance(row["answer"], str) for row in submission)
