@@ -3,6 +3,7 @@ prompts and writers (a stub answerer), and one tiny LLaVA run answering a new be
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,21 +84,27 @@ def test_every_benchmark_has_its_command_in_the_paper_tables_page():
 
 
 def test_a_tiny_llava_run_answers_docvqa_files(tmp_path):
-    """A real (untrained) tiny LLaVA through the DocVQA reader, prompt, batched KV-cache answers and ANLS."""
+    """A real (random-weight) tiny LLaVA run through the DocVQA reader, prompt, batched KV-cache answers, ANLS."""
+    import flax.linen as nn
+    import jax
     import orbax.checkpoint as ocp
+    from flax.core import unfreeze
 
     from mmjax import configlib
-    from mmjax.train.trainer import Trainer
+    from mmjax.train.tasks.llava import LlavaTask
     from tests.helpers import REPO
 
     config = configlib.load_config_file(os.path.join(REPO, "configs/llava/tiny.py:stage=2,steps=1"))
-    trainer = Trainer(config, str(tmp_path / "unused"))
-    trainer.build()
+    # random weights of the right shapes, without running (or compiling) the initialisers
+    task = LlavaTask(config)
+    shapes = nn.unbox(unfreeze(jax.eval_shape(task.init, jax.random.key(0), task.example_batch(1))["params"]))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(s.dtype), shapes)
     run = tmp_path / "run"
     run.mkdir()
     configlib.write_json(config, str(run / "config.json"))
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(str(run / "checkpoints" / "1" / "state"), {"params": trainer._init(trainer._rng).params})
+        ckptr.save(str(run / "checkpoints" / "1" / "state"), {"params": params})
     (tmp_path / "documents").mkdir()
     for i in range(3):
         Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / "documents" / f"{i}.png")
@@ -106,10 +113,25 @@ def test_a_tiny_llava_run_answers_docvqa_files(tmp_path):
     (tmp_path / "val.json").write_text(json.dumps(data))
     out = tmp_path / "out"
     assert eval_run.main(["--workdir", str(run), "--benchmark", "docvqa", "--questions", str(tmp_path / "val.json"),
-                          "--images", str(tmp_path), "--out", str(out), "--batch-size", "2",
+                          "--images", str(tmp_path), "--out", str(out), "--batch-size", "3",
                           "--max-new-tokens", "3"]) == 0
     scores = json.loads((out / "scores.json").read_text())
     assert scores["answered"] == 3 and scores["count"] == 3 and 0.0 <= scores["anls"] <= 100.0
     submission = json.loads((out / "submission.json").read_text())
     assert [row["questionId"] for row in submission] == [0, 1, 2]
     assert all(isinstance(row["answer"], str) for row in submission)
+
+
+def test_show_o_answerer_feeds_the_first_image_eval_batch_at_a_time():
+    class Task:
+        config = SimpleNamespace(eval=SimpleNamespace(batch=2))
+
+        def mmu_inputs(self, model_state, records):
+            return np.stack([r["image"][0, 0] for r in records])
+
+        def answer(self, params, model_state, inputs, questions):
+            return [f"{q}:{int(v[0])}" for q, v in zip(questions, inputs)]
+
+    image = [np.full((2, 2, 3), i, np.uint8) for i in range(3)]
+    items = [("a", [image[0], image[2]]), ("b", [image[1]]), ("c", [image[2]])]
+    assert answerers.ShowoAnswerer(Task(), None, None).answer(items, 99, 5) == ["a:0", "b:1", "c:2"]
