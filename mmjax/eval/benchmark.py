@@ -49,6 +49,20 @@ class Benchmark:
     max_new_tokens: int = 16
 
 
+def read_records(name: str, questions: str, images: str) -> list[Record]:
+    """The benchmark's reader on the user's files; a file not in the benchmark's layout (a missing key, an
+    unparseable value) is one DataError naming the file, the benchmark and what was wrong."""
+    from mmjax.data.sources import DataError
+
+    try:
+        return get(name).read(questions, images)
+    except DataError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise DataError(f"{questions}: not {name}'s official layout ({type(e).__name__}: {e}); "
+                        f"see {MODULES[name]}") from e
+
+
 def get(name: str) -> Benchmark:
     """The registered benchmark `name` (a KeyError lists the known ones)."""
     if name not in MODULES:
@@ -77,15 +91,6 @@ def decode_images(record: Record) -> list[np.ndarray]:
         else:
             out.extend(load_images({"id": qid, "image_paths": [os.fspath(source)]}))
     return out
-
-
-def require_fields(record: Record, fields: tuple[str, ...], where: str) -> None:
-    """A DataError naming the file and record when a record lacks one of `fields`."""
-    from mmjax.data.sources import DataError
-
-    missing = [f for f in fields if f not in record]
-    if missing:
-        raise DataError(f"{where}: record {record.get('question_id', record)!r} has no field {missing[0]!r}")
 
 
 def percent(hits: list[bool] | list[float]) -> float:

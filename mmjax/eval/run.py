@@ -122,11 +122,11 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         from mmjax.eval.answerers import load_answerer
 
         bench = registry.get(args.benchmark)
+        records = registry.read_records(args.benchmark, args.questions, args.images or "")  # before the weights
         max_new = args.max_new_tokens or bench.max_new_tokens
         answerer, batch = load_answerer(args.workdir, overrides, batch_size=args.batch_size,
                                         max_new_tokens=max_new)
-        records, skipped = prepare(bench.read(args.questions, args.images or "")[: args.limit or None], bench,
-                                   answerer.needs_image)
+        records, skipped = prepare(records[: args.limit or None], bench, answerer.needs_image)
         predictions = answerer.answer([(r["prompt"], r["images"]) for r in records], batch, max_new)
         model_id = Path(os.path.abspath(args.workdir)).name
         records = [{k: v for k, v in r.items() if k != "images"} | {"prediction": p, "model_id": model_id}

@@ -68,11 +68,24 @@ def test_show_o_runs_skip_questions_without_an_image(tmp_path, monkeypatch):
     assert scores["answered"] == 0 and scores["skipped"] == {"NoImage": 1}
 
 
-def test_bad_files_are_one_error_line(tmp_path, capsys):
+def test_bad_files_and_runs_are_one_error_line(tmp_path, capsys):
+    def error(questions):
+        assert eval_run.main(["--workdir", str(tmp_path), "--benchmark", "vizwiz", "--questions", str(questions),
+                              "--out", str(tmp_path / "o")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+        return lines[0]
+
+    # LLaVA's JSONL where VizWiz's official JSON list belongs, then a record without its question
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1}\n{"question_id": 2}\n')
+    assert error(tmp_path / "q.jsonl").startswith(f"error: {tmp_path / 'q.jsonl'}: not vizwiz's official layout "
+                                                  "(JSONDecodeError: Extra data")
+    (tmp_path / "val.json").write_text(json.dumps([{"image": "a.jpg"}]))
+    assert error(tmp_path / "val.json") == (f"error: {tmp_path / 'val.json'}: not vizwiz's official layout "
+                                            "(KeyError: 'question'); see mmjax.eval.vizwiz")
+    (tmp_path / "val.json").write_text(json.dumps([{"image": "a.jpg", "question": "What?"}]))
     (tmp_path / "config.json").write_text(json.dumps({"task": "lm"}))
-    assert eval_run.main(["--workdir", str(tmp_path), "--benchmark", "docvqa", "--questions", "q.json",
-                          "--out", str(tmp_path / "o")]) == 2
-    assert "task is 'lm'; mmjax.eval answers with 'llava' or 'showo' runs" in capsys.readouterr().err
+    assert "task is 'lm'; mmjax.eval answers with 'llava' or 'showo' runs" in error(tmp_path / "val.json")
 
 
 def test_every_benchmark_has_its_command_in_the_paper_tables_page():
