@@ -34,9 +34,18 @@ PROMPTS = {"mmbench": "Answer with the option's letter from the given choices di
            "mmbench_cn": "请直接回答选项字母。"}
 
 
+def _missing(value: str | None) -> bool:
+    """An empty TSV cell; pandas-written files may hold "nan" there."""
+    return value is None or value.strip() in ("", "nan")
+
+
 def circular_rounds(row: dict[str, str]) -> list[Record]:
     """The rounds of one TSV row: options rotated left by the round number, the answer letter following."""
-    options = [row[c] for c in "ABCDEFGHI" if row.get(c)]
+    options = []
+    for letter in "ABCDEFGHI":  # the options run up to the first empty one (LLaVA's get_options)
+        if _missing(row.get(letter)):
+            break
+        options.append(row[letter])
     answer = row.get("answer", "").strip()
     rounds = []
     for k in range(len(options)):
@@ -61,7 +70,7 @@ def read_mmbench(path: str, image_dir: str) -> list[Record]:
 
 def _prompt(suffix: str):
     def prompt(record: Record) -> str:
-        lines = [record["hint"]] if record.get("hint") and record["hint"] != "nan" else []
+        lines = [] if _missing(record.get("hint")) else [record["hint"]]
         lines += [record["text"], *(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(record["options"]))]
         return with_suffix("\n".join(lines), suffix)
 
