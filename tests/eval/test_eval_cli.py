@@ -148,3 +148,47 @@ def test_show_o_answerer_feeds_the_first_image_eval_batch_at_a_time():
     image = [np.full((2, 2, 3), i, np.uint8) for i in range(3)]
     items = [("a", [image[0], image[2]]), ("b", [image[1]]), ("c", [image[2]])]
     assert answerers.ShowoAnswerer(Task(), None, None).answer(items, 99, 5) == ["a:0", "b:1", "c:2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [0, 1])
+def test_show_o_runs_answer_textvqa_files(tmp_path, clip):
+    """Random-weight tiny Show-o runs (discrete image tokens, and CLIP-ViT features) through the TextVQA reader
+    and batched KV-cache MMU answers (about 30 s / 100 s on a busy 2-core CPU, hence slow)."""
+    import flax.linen as nn
+    import jax
+    import orbax.checkpoint as ocp
+    from flax.core import unfreeze
+
+    from mmjax import configlib
+    from mmjax.train.tasks import make_task
+    from tests.helpers import REPO
+    from tests.train.test_showo_task import write_tokenizer_run
+
+    write_tokenizer_run(str(tmp_path / "vq"))
+    config = configlib.load_config_file(os.path.join(
+        REPO, f"configs/showo/tiny.py:width=64,layers=2,records=256,clip={clip},tokenizer={tmp_path / 'vq'}"))
+    task = make_task(config)
+    shapes = nn.unbox(unfreeze(jax.eval_shape(task.init, jax.random.key(0), task.example_batch(1))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(s.dtype), shapes["params"])
+    frozen = task.pretrained_variables()
+    model_state = {k: frozen[k] for k in ("tokenizer", "vision_tower") if k in frozen}
+    run = tmp_path / "run"
+    run.mkdir()
+    configlib.write_json(config, str(run / "config.json"))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(str(run / "checkpoints" / "1" / "state"),
+                   {"params": params, "model_state": jax.device_get(model_state)})
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.jpg")
+    data = {"data": [{"question_id": i, "question": f"what {i}?", "image_id": str(i), "answers": ["red"] * 10}
+                     for i in range(3)]}
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    assert eval_run.main(["--workdir", str(run), "--benchmark", "textvqa", "--questions", str(tmp_path / "val.json"),
+                          "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--max-new-tokens", "3",
+                          "--batch-size", "2"]) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["answered"] == 3 and scores["count"] == 3
+    answers = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [0, 1, 2] and all(isinstance(a["text"], str) for a in answers)
