@@ -8,9 +8,10 @@ Official layouts (https://rrc.cvc.uab.es/?ch=17, Single Document VQA and Infogra
 
 ANLS (Biten et al. 2019, the RRC evaluator): answers are compared after lower-casing and collapsing
 whitespace; a question scores `max over gold answers of 1 - NL` where `NL = levenshtein / max(len(gold),
-len(prediction))`, and 0 when NL reaches the threshold 0.5. Prompt: the question and "Answer the question using
-a single word or phrase." (LLaVA's and lmms-eval's). Writes answers.jsonl and submission.json
-(`[{"questionId", "answer"}]`, the RRC server's format for the test split).
+len(prediction))` (lengths of the upper-cased strings, a quirk every implementation shares), and 0 when NL
+reaches the threshold 0.5; `tests/eval/test_parity.py` compares with the `anls` package. Prompt: the question
+and "Answer the question using a single word or phrase." (LLaVA's and lmms-eval's). Writes answers.jsonl and
+submission.json (`[{"questionId", "answer"}]`, the RRC server's format for the test split).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def anls(prediction: str, gold_answers: Sequence[str], threshold: float = THRESH
     """The ANLS of one prediction in [0, 1]."""
     pred, best = _norm(prediction), 0.0
     for gold in map(_norm, gold_answers):
-        length = max(len(gold), len(pred))
+        length = max(len(gold.upper()), len(pred.upper()))  # as the reference: "ß".upper() is "SS"
         nl = levenshtein(gold, pred) / length if length else 0.0
         best = max(best, 1.0 - nl if nl < threshold else 0.0)
     return best
