@@ -4,7 +4,8 @@ Question files are LLaVA's JSONL (or a JSON list): `{"question_id", "image": pat
 "text"}` plus the ground-truth fields below; `choices` records have `question` and `options`.
 
   vqav2    answers.jsonl + submission.json (EvalAI [{question_id, answer}], normalised); scored when records have
-           `answers` or `--annotations` names the official annotation file (a val split)
+           `answers` or `--annotations` names the official annotation file (a val split); `--annotations` naming
+           the test2015 question file fills the questions not asked with "" (the server wants them all)
   gqa      answers.jsonl + predictions.json ([{questionId, prediction}] for the official eval.py); `answer`
   pope     answers.jsonl ({question_id, prompt, text}); scored from `label` (+ `category`)
   mme      results/<category>.txt (image, question, answer, prediction: the official calculation.py input)
@@ -70,11 +71,20 @@ def answers_file(records: list[Record], out: Path) -> None:
 
 
 def _vqav2(records: list[Record], out: Path, annotations: str | None) -> dict[str, Any]:
+    """`annotations` is either the official annotation file of a val split (scored against), or the official
+    question file of test2015 (`{"questions": [...]}`): the EvalAI server wants an answer for every one of its
+    questions, also in the test-dev phase, so the ones not asked get "" as LLaVA's converter does."""
     answers_file(records, out)
-    vqa.write_vqav2_submission(records, out / "submission.json")
+    data = {}
     if annotations:
+        with open(annotations, encoding="utf-8") as f:
+            data = json.load(f)
+    question_ids = [q["question_id"] for q in data["questions"]] if "questions" in data else None
+    filled = vqa.write_vqav2_submission(records, out / "submission.json", question_ids)
+    if "annotations" in data:
         return vqa.score_vqa_files(annotations, out / "submission.json")
-    return vqa.score_vqa(records) if has_truth(records, "answers") else {}
+    scores = vqa.score_vqa(records) if has_truth(records, "answers") else {}
+    return {**scores, "submission_filled": filled} if question_ids is not None else scores
 
 
 def _gqa(records: list[Record], out: Path, annotations: str | None) -> dict[str, Any]:

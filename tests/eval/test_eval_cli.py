@@ -192,3 +192,14 @@ def test_show_o_runs_answer_textvqa_files(tmp_path, clip):
     assert scores["answered"] == 3 and scores["count"] == 3
     answers = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [0, 1, 2] and all(isinstance(a["text"], str) for a in answers)
+
+
+def test_vqav2_submission_covers_every_test2015_question(tmp_path):
+    from mmjax.eval import llava_files
+
+    (tmp_path / "test2015.json").write_text(json.dumps({"questions": [{"question_id": q} for q in (5, 6, 7)]}))
+    records = [{"question_id": 6, "prompt": "", "prediction": "Two"}]
+    scores = llava_files.BENCHMARKS["vqav2"].write_and_score(records, tmp_path, str(tmp_path / "test2015.json"))
+    assert scores == {"submission_filled": 2}
+    assert json.loads((tmp_path / "submission.json").read_text()) == [
+        {"question_id": 5, "answer": ""}, {"question_id": 6, "answer": "2"}, {"question_id": 7, "answer": ""}]
