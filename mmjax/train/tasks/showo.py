@@ -34,6 +34,7 @@ import numpy as np
 from etils import epath
 
 from mmjax import configlib
+from mmjax.data.pipeline import RECORDS_KEY
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
@@ -169,8 +170,10 @@ class ShowoTask(Task):
     def source(self, split: str) -> Any:
         return sb.BundleSource(len(self.batches(split)))
 
-    def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        return self.batches("train" if rng is not None else "eval").bundle(record["index"], rng)
+    def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
+        """One bundle, with its record counts for the pipeline (`pipeline.RECORDS_KEY`: records, not bundles)."""
+        arrays, counts = self.batches("train" if rng is not None else "eval").counted_bundle(record["index"], rng)
+        return {**arrays, RECORDS_KEY: counts}
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         spec = sb.bundle_spec(self.mix, self.s, self.seq_len, self.image_size, self.n, self.pretokenized,

@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 
 from mmjax import configlib
-from mmjax.data.pipeline import RECORDS_KEY
 from mmjax.data.sharded import host_local
 from mmjax.data.sources import make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
@@ -289,11 +288,17 @@ class ShowoBatches:
     def size(self, part: str) -> int:
         return len(next(iter(self.cache[part].values()))) if part in self.cache else len(self.sources[part])
 
-    def bundle(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        """The bundle's arrays, plus under `pipeline.RECORDS_KEY` how many records it used and which it skipped
-        (the pipeline counts them as records, per reason). A drawn record that cannot be used is replaced by
-        another draw (`REDRAWS` in a row at most, then the bundle fails and the pipeline counts that)."""
-        out: dict[str, Any] = {}
+    def bundle(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        """The arrays of bundle `index` (its record counts dropped; see `counted_bundle`)."""
+        return self.counted_bundle(index, rng)[0]
+
+    def counted_bundle(self, index: int, rng: np.random.Generator | None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The bundle's arrays and its record counts {"kept": records used, "skipped": [(reason, detail), ...]}
+        (the pipeline counts them as records, per reason: `pipeline.RECORDS_KEY`). A drawn record that cannot be
+        used is replaced by another draw (`REDRAWS` in a row at most, then the bundle fails and the pipeline
+        counts that)."""
+        out: dict[str, np.ndarray] = {}
         skipped, self.pending = self.pending, []
         kept = 0
         for part in self.sources:
@@ -306,8 +311,7 @@ class ShowoBatches:
                 fields = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
             kept += count
             out.update({f"{part}_{k}": v for k, v in fields.items()})
-        out[RECORDS_KEY] = {"kept": kept, "skipped": skipped}
-        return out
+        return out, {"kept": kept, "skipped": skipped}
 
     def _example(self, part: str, row: int, rng: np.random.Generator | None, skipped: list[tuple[str, str]]
                  ) -> dict[str, np.ndarray]:
