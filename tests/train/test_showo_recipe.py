@@ -245,3 +245,15 @@ def test_raw_path_replaces_bad_draws_and_the_pipeline_counts_records(monkeypatch
     assert skipped > 0 and "DrawsExhausted" not in counter.counts   # no bundle was lost
     assert set(counter.counts) <= {"ValueError", "KeyError", "ImageDecodeError", "undecodable"}
     assert {"ValueError", "KeyError", "ImageDecodeError"} <= set(counter.counts)
+
+
+def test_tiny_config_switches_to_a_corpus_with_one_argument(tmp_path):
+    load = lambda arg: configlib.load_config_file(os.path.join(REPO, f"configs/showo/tiny.py:{arg}"))
+    c = load("corpus=/data/pets/*.tar")
+    for split in ("train", "eval"):
+        assert {p: dict(c.data[split][p].source) for p in ("t2i", "lm", "mmu")} == {
+            p: {"name": "webdataset", "pattern": "/data/pets/*.tar"} for p in ("t2i", "lm", "mmu")}
+    assert c.data.train.mmu.format == "caption" and (c.eval.num_t2i, c.eval.num_mmu) == (0, 0)
+    assert dict(load(f"corpus={tmp_path}").data.train.t2i.source) == {"name": "imagefolder", "root": str(tmp_path)}
+    with pytest.raises(configlib.ConfigError, match=r"corpus='/data/x\.zip'"):
+        load("corpus=/data/x.zip")
