@@ -80,10 +80,9 @@ def test_t2i_recaptions_first_sentence_half_the_time_and_prefixes_stripped():
     assert set(texts) == {"a red car", "a red car. It is parked."}
     assert 10 < texts.count("a red car") < 30
     assert t2i_text(b.t2i(record)) == "a red car. It is parked."   # no generator: the whole caption
-    journey = builder({"t2i": {"text_field": "caption"}})
-    many = {"image": IMAGE, "caption": ["one", "two", "three"]}
-    assert {t2i_text(journey.t2i(many, np.random.default_rng(s))) for s in range(30)} == {"one", "two",
-                                                                                                  "three"}
+    journey = builder({"t2i": {"text_field": "caption", "recaption": True}})   # lists: no recaption treatment
+    many = {"image": IMAGE, "caption": ["one. a", "two. b", "three. c"]}
+    assert {t2i_text(journey.t2i(many, np.random.default_rng(s))) for s in range(30)} == set(many["caption"])
 
 
 def test_refinedweb_window_removes_newlines_and_takes_a_window():

@@ -22,7 +22,7 @@ Text preparation of the reference's loaders, switched on per part (each draw get
 bundle's seeded generator; without one, as in evaluation and pre-tokenized caches, the first choice is taken):
   t2i.recaption     recaptioned pairs (SA-1B / CC12M / LAION, `training/data.py`): the caption up to its first
                     "." half of the time, then the recaptioner's openings ("The image features ", ...) removed
-  any list caption  JourneyDB-style records holding several captions: one of them at random
+  any list caption  JourneyDB-style records holding several captions: one of them at random, used as it is
   lm.window         RefinedWeb (`parquet/refinedweb_dataset.py`): every "\\n" removed, then a random window of
                     `window` characters (8000 in the reference) of longer documents
   class_names       ImageNet prompts: one name per line (first comma-separated name) or the reference's
@@ -235,8 +235,9 @@ class ExampleBuilder:
 
     def t2i(self, record: Mapping[str, Any], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         text = self.caption("t2i", record, rng)
-        if self.parts["t2i"].get("recaption"):
-            text = recaption(text, rng)
+        field = self.parts["t2i"].get("text_field") or "caption"
+        if self.parts["t2i"].get("recaption") and not isinstance(record.get(field), list | tuple):
+            text = recaption(text, rng)   # JourneyDB's caption lists are used as they are, as the reference does
         ids = self.tok.encode(text)
         return {"text": pad_ids(ids, self.s), "text_len": np.int32(min(len(ids), self.s)),
                 **self.image_fields(record, "t2i")}
