@@ -23,7 +23,9 @@ record drawn for an image part, an unusable conversation) is replaced by another
 it to the pipeline (`pipeline.RECORDS_KEY`), which counts records, not bundles, per reason (the exception's class
 name: `skipped/ImageDecodeError`, `skipped/NoImageError`, ... in metrics.jsonl), each logged with the part, the
 shard / file and the row or key. Pre-tokenizing a small source leaves its bad records out in the same way; those
-counts go out with the first bundle. Only `REDRAWS` failures in a row for one example fail its bundle.
+counts go out with the first bundle built in the process that pre-tokenized (with `data_workers` > 0 the worker
+processes build the bundles, and those counts are only logged, at start). Only `REDRAWS` failures in a row for
+one example fail its bundle.
 """
 
 from __future__ import annotations
