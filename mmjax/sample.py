@@ -5,6 +5,13 @@
     python -m mmjax.sample --workdir RUN --task inpaint --image FILE --mask MASK.png --prompt "a blue square" --out OUT
     python -m mmjax.sample --workdir RUN --task extrapolate --image FILE --direction right --prompt "..." --out OUT
 
+Sampling settings default to the reference's demo commands (its README), not the run's eval settings:
+T2I 50 MaskGIT steps at guidance 5 (its 512 px demo; its 256 px demo config names none, so the same), inpainting
+and extrapolation 16 steps at guidance 1.75, generation temperature 1 and plain softmax (logit temperature 1);
+MMU answers sampled with top_k = 1 at temperature 1, i.e. the most likely token, a random one of several tied
+maxima (`inference_mmu.py`). Every setting has a flag. GenEval's instructions name no setting: use the demo's
+(`--steps 50 --guidance 5`) and say so with the scores.
+
 The task is rebuilt from RUN/config.json and the weights come from RUN's newest checkpoint (EMA params when the
 run kept them); the frozen image tokenizer comes from the same checkpoint's `model_state`, so a run directory is
 all that is needed. Images go to OUT/sample_<i>.png plus OUT/grid.png; answers are printed and written to
@@ -29,6 +36,9 @@ import numpy as np
 from mmjax import cli
 
 TASKS = ("t2i", "mmu", "inpaint", "extrapolate")
+# The reference's demo settings (README): (MaskGIT steps, guidance scale) per task.
+DEMO_SETTINGS = {"t2i": (50, 5.0), "inpaint": (16, 1.75), "extrapolate": (16, 1.75)}
+MMU_TOP_K, MMU_TEMPERATURE = 1, 1.0   # inference_mmu.py: top_k = 1, multinomial sampling at temperature 1
 
 
 def load_run(workdir: str) -> tuple[Any, Any, Any]:
@@ -51,7 +61,7 @@ def load_run(workdir: str) -> tuple[Any, Any, Any]:
 
 def read_image(path: str, size: int) -> np.ndarray:
     """An image file -> float32 (size, size, 3) in [-1, 1], resized and centre-cropped like training data."""
-    from mmjax.train.tasks.showo_batches import load_image
+    from mmjax.train.tasks.showo_examples import load_image
 
     with open(path, "rb") as f:
         return load_image(f.read(), size, path)
@@ -87,13 +97,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     task, params, model_state = load_run(args.workdir)
     os.makedirs(args.out, exist_ok=True)
     rng = jax.random.key(args.seed)
-    ev = task.config.eval
-    kw = dict(max_text_len=task.s, num_steps=args.steps or int(ev.t2i_steps),
-              guidance_scale=float(ev.guidance_scale if args.guidance is None else args.guidance),
-              generation_temperature=float(ev.generation_temperature if args.generation_temperature is None
-                                           else args.generation_temperature),
-              logit_temperature=float(ev.logit_temperature if args.logit_temperature is None
-                                      else args.logit_temperature))
+    steps, guidance = DEMO_SETTINGS.get(args.task, (0, 0.0))
+    kw = dict(max_text_len=task.s, num_steps=args.steps or steps,
+              guidance_scale=guidance if args.guidance is None else args.guidance,
+              generation_temperature=args.generation_temperature, logit_temperature=args.logit_temperature)
     if args.task == "t2i":
         text, lens = _prompts(task, args.prompt, args.num)
         canvas = showo_model.blank_canvas(args.num, task.n, task.vocab)
@@ -102,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     image = read_image(args.image, task.image_size)
     codes = task.encode_images(model_state, image[None])
     if args.task == "mmu":
-        answer = task.answer(params, model_state, codes, [args.question])[0]
+        answer = task.answer(params, model_state, codes, [args.question], top_k=args.top_k,
+                             temperature=args.temperature, rng=rng)[0]
         with open(os.path.join(args.out, "answers.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps({"image": args.image, "question": args.question, "answer": answer}) + "\n")
         print(answer)
@@ -133,14 +141,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--direction", default="right", choices=("left", "right", "up", "down"))
     p.add_argument("--offset", type=cli.int_at_least(0), default=0, help="extrapolation: extra new grid lines")
     p.add_argument("--steps", type=cli.int_at_least(0), default=0,
-                   help="MaskGIT steps (default: the run's eval.t2i_steps)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
-    p.add_argument("--generation-temperature", type=float, default=None,
+                   help="MaskGIT steps (default: the reference demo's, 50 for t2i, 16 for inpaint / extrapolate)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="CFG scale (default: the reference demo's, 5 for t2i, 1.75 for inpaint / extrapolate)")
+    p.add_argument("--generation-temperature", type=float, default=1.0,
                    help="Show-o's generation_temperature: Gumbel noise on the confidences that pick which tokens "
-                        "stay, annealed (default: the run's eval.generation_temperature)")
-    p.add_argument("--logit-temperature", type=float, default=None,
-                   help="divides the code logits before sampling; 1 = plain softmax as the reference, 0 = argmax "
-                        "(default: the run's eval.logit_temperature)")
+                        "stay, annealed (default 1, the reference's)")
+    p.add_argument("--logit-temperature", type=float, default=1.0,
+                   help="divides the code logits before sampling; 1 = plain softmax as the reference, 0 = argmax")
+    p.add_argument("--top-k", type=cli.int_at_least(0), default=MMU_TOP_K,
+                   help="MMU: sample among the k most likely tokens (ties at the k-th kept; default 1, the "
+                        "reference's); 0 = all")
+    p.add_argument("--temperature", type=float, default=MMU_TEMPERATURE,
+                   help="MMU: sampling temperature (default 1, the reference's); 0 = greedy argmax (first maximum)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.task in ("t2i", "inpaint", "extrapolate") and not args.prompt:

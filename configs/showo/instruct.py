@@ -26,7 +26,10 @@ CLIP-ViT:  `clip=1` follows train_w_clip_vit.py and its yaml files: a frozen CLI
            `mm_projector` -> Show-o. MMU rows `<|mmu|> system <|soi|> 576 features <|eoi|> text` under the
            reference's CLIP mask. Stage 1: only `mm_projector` trains (`optim.frozen`), LLaVA-Pretrain in the
            `plain` format (caption + newline + eos, all supervised), no system prompt, S = 512, mix 2/2/10,
-           lr 2e-3, 10k steps (7k at 512 px), from Phi-1.5 weights (the yaml's `load_from_showo: False`).
+           lr 2e-3, 10k steps (7k at 512 px), from the pre-trained Show-o (init.run = the stage-3 run; its
+           mm_projector starts fresh): the README copies that checkpoint in as `checkpoint-0` and
+           train_w_clip_vit.py resumes it with strict=False (the yaml's `load_from_showo: False` only builds
+           the skeleton before that resume).
            Stage 2: everything but the tower trains, LLaVA-665K with the phi1.5 template after the 28-token system
            prompt "A chat between a curious user ...", S = 576, mix 3/1/4, lr 1e-4, 19.6k steps. Warmup 1k,
            cosine to 0. Rows of L = S + N + 3 (771 / 835 at 256 px); the MMU text budget is S + N - 576 - system.
@@ -80,8 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.w_clip_vit = True
         c.vision = ml_collections.ConfigDict(dict(tower=CLIP_L14, image_size=336,
                                                   hf="/models/clip-vit-large-patch14-336", seed=0))
-        if arg.stage == 1:  # projector alignment from Phi-1.5: everything else frozen
-            c.init.run, c.init.lm = "", "/models/phi-1_5"
+        if arg.stage == 1:  # projector alignment on the pre-trained Show-o (fresh projector): all else frozen
             c.optim.frozen = (r"^lm/",)
             mmu_format = "plain"
         else:
@@ -89,9 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     json_path, images = LLAVA[arg.stage]
     llava = lambda path: ml_collections.ConfigDict(dict(
         source=ml_collections.ConfigDict(dict(name="llava_json", json=path, images=images)), format=mmu_format))
-    t2i = ml_collections.ConfigDict(dict(source=pretrain.arrayrecord(pretrain.T2I_DATA[3]), text_field="caption"))
+    t2i = ml_collections.ConfigDict(dict(source=pretrain.arrayrecord(pretrain.T2I_DATA[3]), text_field="caption",
+                                         recaption=True))
     text = ml_collections.ConfigDict(dict(source=pretrain.arrayrecord("/data/refinedweb/train-*.array_record"),
-                                          text_field="text"))
+                                          text_field="text", window=pretrain.REFINEDWEB_WINDOW))
     c.data.train = ml_collections.ConfigDict(dict(t2i=t2i, lm=text, mmu=llava(json_path)))
     c.data.eval = ml_collections.ConfigDict(dict(
         t2i=ml_collections.ConfigDict(dict(source=pretrain.arrayrecord("/data/t2i_eval/*.array_record"),

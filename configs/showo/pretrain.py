@@ -71,6 +71,11 @@ T2I_DATA = {  # ArrayRecord shards of {"image": bytes, "caption"} per stage's mi
 T2I_CORPORA = {2: "t2i_sa1b_cc12m_laion_aes", 3: "t2i_laion_aes_journeydb"}  # one corpus folder per stage's mixture
 DATA = ("raw", "tokenized")   # `:data=`: image-caption pairs as webdataset shards, or their pre-tokenized codes
 
+REFINEDWEB_WINDOW = 8000   # characters (parquet/refinedweb_dataset.py's max_length)
+# The reference's caption-prompt questions (`add_caption_prompt: True`): copy showlab/Show-o's
+# training/questions.json here (a JSON list of strings).
+CAPTION_QUESTIONS = "/data/showo/questions.json"
+
 
 def arrayrecord(pattern: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(name="arrayrecord", pattern=pattern))
@@ -104,11 +109,11 @@ def base_config(res: int, max_text_len: int, mix: tuple[int, int, int], steps: i
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=max_text_len, mix=ml_collections.ConfigDict(dict(t2i=t2i, lm=lm, mmu=mmu)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
-        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=8))
+        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=8, loss_normalization="device"))
     c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
     c.eval = ml_collections.ConfigDict(dict(num_t2i=32, num_mmu=0, t2i_steps=12, guidance_scale=guidance,
                                             generation_temperature=1.0, logit_temperature=1.0, max_new_tokens=100,
-                                            loss_batches=4, batch=8, seed=0))
+                                            loss_batches=4, batch=8, seed=0, mmu_top_k=1, mmu_temperature=1.0))
     c.optim.update(name="adamw", lr=lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, warmup_steps=warmup,
                    schedule="cosine", end_lr_frac=0.0, clip_norm=0.0, no_decay=(r"(^|/)bias$",))
     return c
@@ -123,10 +128,11 @@ def image_text(corpus: str, data: str, res: int) -> ml_collections.ConfigDict:
 
 
 def refinedweb(folder: str) -> ml_collections.ConfigDict:
-    """RefinedWeb's parquet files as LM text (the `content` column; the record's text field is `caption`)."""
+    """RefinedWeb's parquet files as LM text (the `content` column; the record's text field is `caption`), newlines
+    removed and a random window of 8000 characters of longer documents, as the reference's RefinedWebDataset."""
     source = ml_collections.ConfigDict(dict(name="parquet", pattern=f"/data/{folder}/*.parquet", image_column="",
                                             caption_column="content"))
-    return ml_collections.ConfigDict(dict(source=source, text_field="caption"))
+    return ml_collections.ConfigDict(dict(source=source, text_field="caption", window=REFINEDWEB_WINDOW))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -140,7 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.pretokenize = arg.data == "tokenized"
     pairs = lambda corpus: image_text(corpus, arg.data, arg.res)
     mmu = ml_collections.ConfigDict(dict(source=pairs("captions_sa1b_cc12m_laion_aes"), format="caption",
-                                         text_field="caption"))
+                                         text_field="caption", questions=CAPTION_QUESTIONS))
     if arg.stage == 1:
         c.init.lm = "/models/phi-1_5"
         def imagenet(split: str) -> ml_collections.ConfigDict:
@@ -151,10 +157,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         t2i, t2i_eval = imagenet("train"), imagenet("validation")
     else:
         c.init.run = f"/runs/showo_s{arg.stage - 1}_{arg.res}"
-        t2i = ml_collections.ConfigDict(dict(source=pairs(T2I_CORPORA[arg.stage]), text_field="caption"))
+        # recaptioned pairs: first sentence half of the time, recaptioner openings removed (training/data.py)
+        t2i = ml_collections.ConfigDict(dict(source=pairs(T2I_CORPORA[arg.stage]), text_field="caption",
+                                             recaption=True))
         t2i_eval = ml_collections.ConfigDict(dict(source=pairs("t2i_eval"), text_field="caption"))
     c.data.train = ml_collections.ConfigDict(dict(t2i=t2i, lm=refinedweb("refinedweb"), mmu=mmu))
-    eval_mmu = ml_collections.ConfigDict(dict(source=pairs("captions_eval"), format="caption", text_field="caption"))
+    eval_mmu = ml_collections.ConfigDict(dict(source=pairs("captions_eval"), format="caption", text_field="caption",
+                                              questions=CAPTION_QUESTIONS))
     c.data.eval = ml_collections.ConfigDict(dict(t2i=t2i_eval, lm=refinedweb("refinedweb_eval"), mmu=eval_mmu))
     if arg.slice:
         if arg.res != 256:

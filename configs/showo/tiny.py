@@ -8,6 +8,14 @@ Variants:  configs/showo/tiny.py:steps=1500,width=128,layers=4
            configs/showo/tiny.py:clip=1   Show-o with CLIP-ViT: MMU reads a frozen random CLIP-style ViT's 16
                                           features (second-to-last layer) through mm_projector, the question in
                                           its phi1.5 prompt `USER: q ASSISTANT:`; T2I / LM rows unchanged
+Corpus:    `corpus=GLOB_OR_FOLDER` trains on your image-caption corpus instead: `*.tar` webdataset shards,
+           `*.parquet`, `*.jsonl`, `*.array_record` (records with `image` / `caption`, or `ids` written by
+           `python -m mmjax.tokenize_images`) or an image folder (captions in `metadata.jsonl` or `.txt` sidecars).
+           T2I and LM rows read its captions, MMU rows caption its images (`caption` format); evaluation reports
+           losses only (the pixel-analysis scores need the shapes scenes). E.g.
+           python -m mmjax.train --config 'configs/showo/tiny.py:corpus=/data/pets/*.tar' --workdir runs/showo_pets \
+               --config.tokenizer.workdir=runs/vq_tiny4
+           A glob whose folder names hold "," cannot be passed this way: use a `--config.data.train.*.source` override.
 Data:      `shapes` single-object scenes ("a red circle"): T2I on the captions, the captions again as the text
            corpus (LM rows), and the scenes' single-word questions for MMU ("What color is the shape?"), asked in
            Show-o's inference format `<bos> USER: \n q ASSISTANT:` with the byte tokenizer (260 text ids; the
@@ -25,9 +33,11 @@ Expected:  final eval on seen compositions `t2i_match_seen` >= 0.8 (colour AND s
            image-blind guesser gets 0.434. clip=1: mmu_accuracy 0.910 (seen 0.979, unseen 0.708).
 """
 
+import os
+
 import ml_collections
 
-from mmjax.configlib import parse_arg
+from mmjax.configlib import ConfigError, parse_arg
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS
 from mmjax.train.defaults import trainer_config
 
@@ -49,8 +59,20 @@ def shapes(seed: int, num_records: int, holdout_split: str) -> ml_collections.Co
                                           holdout_split=holdout_split))
 
 
+def corpus_source(path: str) -> ml_collections.ConfigDict:
+    """The source of a user corpus named by a glob (its extension picks the reader) or an image folder."""
+    kinds = {".tar": "webdataset", ".parquet": "parquet", ".jsonl": "jsonl", ".array_record": "arrayrecord"}
+    for ext, name in kinds.items():
+        if path.endswith(ext):
+            return ml_collections.ConfigDict(dict(name=name, pattern=path))
+    if os.path.isdir(path):
+        return ml_collections.ConfigDict(dict(name="imagefolder", root=path))
+    raise ConfigError(f"corpus={path!r}: expected a glob ending in {', '.join(kinds)} or an image folder")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, steps=1000, width=128, layers=3, tokenizer="runs/vq_tiny4", records=4000, clip=False)
+    arg = parse_arg(arg, steps=1000, width=128, layers=3, tokenizer="runs/vq_tiny4", records=4000, clip=False,
+                    corpus="")
     c = trainer_config(task="showo", batch_size=1, total_steps=arg.steps, log_every=100,
                        checkpoint_every=arg.steps, eval_every=0)
     c.model = ml_collections.ConfigDict(dict(
@@ -66,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.showo = ml_collections.ConfigDict(dict(
         max_text_len=52, mix=ml_collections.ConfigDict(dict(t2i=8, lm=1, mmu=20)),
         t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=2.0, cond_dropout_prob=0.1, min_masking_rate=0.0,
-        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=1))
+        mask_schedule="cosine", label_smoothing=0.0, system_prompt="", seq_multiple=1, loss_normalization="device"))
     part = lambda seed, n, split, **kw: ml_collections.ConfigDict(dict(source=shapes(seed, n, split), **kw))
     c.data.train = ml_collections.ConfigDict(dict(
         t2i=part(0, arg.records, "seen", text_field="caption"), lm=part(0, arg.records, "seen", text_field="caption"),
@@ -77,7 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(lm="", showo="", run=""))
     c.eval = ml_collections.ConfigDict(dict(num_t2i=192, num_mmu=256, t2i_steps=8, guidance_scale=2.0,
                                             generation_temperature=1.0, logit_temperature=1.0, max_new_tokens=10,
-                                            loss_batches=2, batch=48, seed=0))
+                                            loss_batches=2, batch=48, seed=0, mmu_top_k=0, mmu_temperature=0.0))
+    if arg.corpus:
+        for split in ("train", "eval"):
+            part = lambda **kw: ml_collections.ConfigDict(dict(source=corpus_source(arg.corpus), **kw))
+            c.data[split] = ml_collections.ConfigDict(dict(
+                t2i=part(text_field="caption"), lm=part(text_field="caption"),
+                mmu=part(format="caption", text_field="caption")))
+        c.eval.update(num_t2i=0, num_mmu=0)
     c.optim.update(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.01, warmup_steps=100, schedule="cosine",
                    clip_norm=1.0)
     return c

@@ -77,6 +77,11 @@ class Template:
     (Show-o's `<|mmu|><|soi|> img <|eoi|>` prefix); "only" replaces a user turn by its placeholders alone (LLaVA
     `plain`: the question text is dropped).
     special_tokens: strings the template writes that must be single tokens of the tokenizer.
+    bare_empty_user: the references' `SeparatorStyle.TWO` (LLaVA v1, Show-o's phi1.5 v0): a user turn whose text is
+    empty (e.g. `"<image>"` alone once the image moved to the front) renders as the bare role `"USER:"` with no
+    separator, so the next turn starts `"ASSISTANT: ..."`; the reference's masking (`preprocess_v0/v1`) then
+    finds no `" ASSISTANT: "` in that round, stops, sees a token-count mismatch and masks the WHOLE sample.
+    Such a sample is rendered and masked the same way here (`TokenizedConversation.masked`).
     """
 
     name: str
@@ -93,6 +98,7 @@ class Template:
     special_tokens: tuple[str, ...] = ()
     supervise: Literal["answer", "turn"] = "answer"
     unmask: tuple[str, ...] = ()
+    bare_empty_user: bool = False
 
 
 TEMPLATES: dict[str, Template] = {
@@ -102,16 +108,16 @@ TEMPLATES: dict[str, Template] = {
     # supervised: the answer's first token (" a" -> "▁a") through "</s>".
     "vicuna_v1": Template("vicuna_v1", prefix=VICUNA_SYSTEM + " ", user_start="USER: ",
                           assistant_start=" ASSISTANT:", answer_lead=" ", assistant_end="</s>", bos=True,
-                          special_tokens=("</s>",)),
+                          special_tokens=("</s>",), bare_empty_user=True),
     "llava_v1": Template("llava_v1", prefix=LLAVA_V1_SYSTEM + " ", user_start="USER: ",
                          assistant_start=" ASSISTANT:", answer_lead=" ", assistant_end="</s>", bos=True,
-                         special_tokens=("</s>",)),
+                         special_tokens=("</s>",), bare_empty_user=True),
     # Show-o LLaVA-data tuning: image prefix + "USER: q ASSISTANT: a<|endoftext|>", no bos, q stripped of its
     # placeholder and surrounding whitespace. The reference's MMU inference prompt does put bos after the image
     # prefix: kept.
     "phi1.5": Template("phi1.5", user_start="USER: ", assistant_start=" ASSISTANT:", answer_lead=" ",
                        assistant_end="<|endoftext|>", bos=False, prompt_bos=True, image="front",
-                       special_tokens=("<|endoftext|>",)),
+                       special_tokens=("<|endoftext|>",), bare_empty_user=True),
     # Qwen2 (LLaVA-OneVision): <|im_start|>role\n...<|im_end|>\n. Supervised as preprocess_qwen does: each
     # assistant turn whole (header, answer, <|im_end|>, "\n") and every "\n", <|im_start|>, <|im_end|> token.
     "chatml": Template("chatml", prefix=f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n",
@@ -144,6 +150,7 @@ class TokenizedConversation:
     num_images: int
     num_positions: int
     truncated: bool
+    masked: bool = False  # the reference masks the whole sample (an empty user turn: `Template.bare_empty_user`)
 
 
 def _turns(conv: Sequence[Mapping[str, object]]) -> list[tuple[bool, str]]:
@@ -170,19 +177,30 @@ def _turns(conv: Sequence[Mapping[str, object]]) -> list[tuple[bool, str]]:
 
 
 def _segments(conv: Sequence[Mapping[str, object]], t: Template,
-              generation_prompt: bool) -> list[tuple[str, str]]:
-    """The sequence as (kind, text) segments: prompt text, supervised text, images and bos."""
+              generation_prompt: bool) -> tuple[list[tuple[str, str]], bool]:
+    """The sequence as (kind, text) segments: prompt text, supervised text, images and bos; and whether the
+    reference masks the whole sample (an empty user turn under `bare_empty_user`)."""
     turns = _turns(conv)
-    n_front = 0
+    n_front, bare, masked = 0, False, False
     body: list[tuple[str, str]] = [(_TEXT, t.prefix)]
     for is_user, value in turns:
         if not is_user:
-            if t.supervise == "turn":
+            if bare:  # the bare "USER:" wrote no separator: the assistant turn starts without it
+                body.append((_TEXT, t.assistant_start.lstrip()))
+                body += [(_ANSWER, t.answer_lead + value + t.assistant_end), (_TEXT, t.after_assistant)]
+                bare = False
+            elif t.supervise == "turn":
                 body.append((_ANSWER, t.assistant_start + t.answer_lead + value + t.assistant_end
                              + t.after_assistant))
             else:
                 body += [(_TEXT, t.assistant_start), (_ANSWER, t.answer_lead + value + t.assistant_end),
                          (_TEXT, t.after_assistant)]
+            continue
+        text = value.replace(IMAGE_PLACEHOLDER, "").strip() if t.image == "front" else value
+        if t.bare_empty_user and not text:  # the reference's `role + ":"` for an empty message
+            n_front += value.count(IMAGE_PLACEHOLDER) if t.image == "front" else 0
+            body.append((_TEXT, t.user_start.rstrip()))
+            bare = masked = True
             continue
         body.append((_TEXT, t.user_start))
         if t.image == "only":
@@ -201,10 +219,10 @@ def _segments(conv: Sequence[Mapping[str, object]], t: Template,
     if generation_prompt:
         if not turns[-1][0]:
             raise ConversationError("an inference prompt's conversation must end with a human turn")
-        body.append((_TEXT, t.assistant_start))
+        body.append((_TEXT, t.assistant_start.lstrip() if bare else t.assistant_start))
     use_bos = t.bos if not generation_prompt or t.prompt_bos is None else t.prompt_bos
     segments = [(_IMAGE, "")] * n_front + ([(_BOS, "")] if use_bos else []) + body
-    return [(kind, text) for kind, text in segments if text or kind in (_IMAGE, _BOS)]
+    return [(kind, text) for kind, text in segments if text or kind in (_IMAGE, _BOS)], masked
 
 
 def render_conversation(conv: Sequence[Mapping[str, object]], template: str | Template,
@@ -212,7 +230,7 @@ def render_conversation(conv: Sequence[Mapping[str, object]], template: str | Te
     """The text a template makes of a conversation (images as `<image>`, bos not included): for reading, for
     parity with reference format strings, and for logging samples."""
     t = get_template(template)
-    segments = _segments(conv, t, generation_prompt)
+    segments, _ = _segments(conv, t, generation_prompt)
     return "".join(IMAGE_PLACEHOLDER if kind == _IMAGE else text for kind, text in segments if kind != _BOS)
 
 
@@ -266,9 +284,10 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     if max_len <= 0 or image_token_len <= 0:
         raise ValueError(f"max_len and image_token_len must be positive, got {max_len}, {image_token_len}")
     t = get_template(template)
-    ids, answer, is_image = _encode_segments(_segments(conv, t, False), t, tokenizer, image_token_id)
+    segments, masked = _segments(conv, t, False)
+    ids, answer, is_image = _encode_segments(segments, t, tokenizer, image_token_id)
     unmask = {one[0] for text in t.unmask if len(one := tokenizer.encode(text)) == 1}
-    supervised = [a or i in unmask for a, i in zip(answer, ids)]
+    supervised = [(a or i in unmask) and not masked for a, i in zip(answer, ids)]
     positions, keep = 0, len(ids)
     for i, img in enumerate(is_image):
         cost = image_token_len if img else 1
@@ -280,7 +299,7 @@ def tokenize_conversation(conv: Sequence[Mapping[str, object]], template: str | 
     return TokenizedConversation(
         input_ids=np.asarray(ids[:keep], np.int32), labels=np.asarray(labels, np.int32),
         answer_mask=np.asarray(answer[:keep], bool), num_supervised=sum(supervised[:keep]),
-        num_images=sum(is_image[:keep]), num_positions=positions, truncated=keep < len(ids))
+        num_images=sum(is_image[:keep]), num_positions=positions, truncated=keep < len(ids), masked=masked)
 
 
 def build_prompt(conv: str | Sequence[Mapping[str, object]], template: str | Template, tokenizer: Tokenizer,
@@ -291,7 +310,7 @@ def build_prompt(conv: str | Sequence[Mapping[str, object]], template: str | Tem
     if isinstance(conv, str):
         conv = [{"from": "human", "value": conv}]
     t = get_template(template)
-    ids, _, _ = _encode_segments(_segments(conv, t, True), t, tokenizer, image_token_id)
+    ids, _, _ = _encode_segments(_segments(conv, t, True)[0], t, tokenizer, image_token_id)
     return np.asarray(ids, np.int32)
 
 

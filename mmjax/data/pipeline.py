@@ -30,6 +30,9 @@ from mmjax.data.sources import DataError
 log = logging.getLogger(__name__)
 Preprocess = Callable[[dict[str, Any], np.random.Generator | None], dict[str, np.ndarray] | None]
 SKIPS_KEY = "_skipped"   # a batch's skip counts, from the process that built it; removed before the trainer sees it
+# A preprocess that draws several records per element (Show-o's bundles) may return its own accounting under this
+# key: {"kept": records used, "skipped": [(reason, detail), ...] records it dropped and replaced}; counted as records.
+RECORDS_KEY = "_records"
 LOG_FIRST, LOG_EVERY = 3, 1000
 
 
@@ -160,7 +163,14 @@ def _safe(fn: Preprocess, counter: SkipCounter) -> Callable[..., dict[str, np.nd
             return None
         if out is None:
             skip(counter, "rejected")
-        else:
+            return None
+        records = out.pop(RECORDS_KEY, None)
+        if records is None:
+            counter.keep()
+            return out
+        for reason, detail in records["skipped"]:
+            skip(counter, reason, detail)
+        for _ in range(int(records["kept"])):
             counter.keep()
         return out
 

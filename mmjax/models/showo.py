@@ -253,9 +253,11 @@ _mmu_prompt = jax.jit(mmu_prompt, static_argnums=3)
 
 
 def mmu_generate(model: Showo, params: Any, image_codes: Array, question_ids: Array, question_len: Array, *,
-                 max_new_tokens: int, stop_tokens: tuple[int, ...] = (), temperature: float = 0.0,
+                 max_new_tokens: int, stop_tokens: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
                  rng: Array | None = None) -> GenerateOutput:
-    """Answers (B, max_new_tokens) to questions about tokenized images, greedy by default, with the KV cache.
+    """Answers (B, max_new_tokens) to questions about tokenized images, greedy by default, with the KV cache;
+    temperature > 0 samples among the `top_k` most likely (the reference's top_k=1 at temperature 1 samples
+    among tokens tied at the maximum).
 
     question_ids hold the tokens of `mmu_question_text(q)` (see showo_layout) for Show-o's inference format.
     The image prefix attends bidirectionally inside the prefill; pads (left) are hidden from every real token.
@@ -264,7 +266,7 @@ def mmu_generate(model: Showo, params: Any, image_codes: Array, question_ids: Ar
     prompt, valid, prefill = _mmu_prompt(image_codes, question_ids, question_len, vocab)
     return generate(model, params, prompt, prompt_valid=valid, prefill_mask=prefill, max_new_tokens=max_new_tokens,
                     stop_tokens=stop_tokens or (vocab.eos_id,), pad_id=vocab.pad_id, temperature=temperature,
-                    rng=rng)
+                    top_k=top_k, rng=rng)
 
 
 def clip_features(vision_tower: nn.Module, variables: Any, pixels: Array) -> Array:
@@ -295,7 +297,7 @@ _mmu_vit_prompt = jax.jit(mmu_vit_prompt, static_argnums=(0, 3))
 
 def mmu_vit_generate(model: Showo, params: Any, features: Array, system_ids: tuple[int, ...], question_ids: Array,
                      question_len: Array, *, max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
-                     temperature: float = 0.0, rng: Array | None = None) -> GenerateOutput:
+                     temperature: float = 0.0, top_k: int = 0, rng: Array | None = None) -> GenerateOutput:
     """Answers (B, max_new_tokens) of the CLIP-ViT variant with the KV cache: the prompt's embeddings (features
     spliced in) and its mask go into the prefill, then decoding is causal. question_ids hold the tokens of
     `showo_vit_layout.mmu_vit_question_text(q)`. Greedy by default; stops at eos."""
@@ -304,4 +306,4 @@ def mmu_vit_generate(model: Showo, params: Any, features: Array, system_ids: tup
                                                   question_len)
     return generate(model, params, ids, prompt_valid=valid, prefill_mask=prefill, prompt_embeds=embeds,
                     max_new_tokens=max_new_tokens, stop_tokens=stop_tokens or (vocab.eos_id,), pad_id=vocab.pad_id,
-                    temperature=temperature, rng=rng)
+                    temperature=temperature, top_k=top_k, rng=rng)

@@ -181,3 +181,22 @@ def test_errors_name_the_problem(tok: Tokenizer) -> None:
         render_conversation(CONV, "llama3")
     # a leading assistant turn is dropped, as the reference does
     assert render_conversation([CONV[1], *CONV[:2]], "chatml") == render_conversation(CONV[:2], "chatml")
+
+
+def test_empty_human_turn_renders_bare_and_masks_the_sample_as_the_references():
+    from mmjax.data.conversation import IGNORE_INDEX, render_conversation, tokenize_conversation
+    from mmjax.data.text import make_tokenizer
+
+    tok = make_tokenizer("byte", special_tokens=["<|endoftext|>", "</s>"], eos="<|endoftext|>")
+    conv = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A dog."},
+            {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]
+    # Show-o: " " + "USER:" + "ASSISTANT: A dog.<|endoftext|>" ..., stripped (conv_phi_v0.get_prompt)
+    assert render_conversation(conv, "phi1.5") == ("<image>USER:ASSISTANT: A dog.<|endoftext|>USER: More? "
+                                                   "ASSISTANT: No.<|endoftext|>")
+    out = tokenize_conversation(conv, "phi1.5", tok, 200, None)
+    assert out.masked and out.num_supervised == 0 and (out.labels == IGNORE_INDEX).all()
+    text_only = [{"from": "human", "value": ""}, {"from": "gpt", "value": "Hi."}]
+    assert render_conversation(text_only, "vicuna_v1").endswith(" USER:ASSISTANT: Hi.</s>")
+    assert tokenize_conversation(text_only, "vicuna_v1", tok, 400, None).masked
+    normal = tokenize_conversation(conv[2:], "phi1.5", tok, 200, None)
+    assert not normal.masked and normal.num_supervised > 0

@@ -196,6 +196,24 @@ def test_lm_coeff_scales_only_the_lm_part(tokenizer_run):
     np.testing.assert_allclose(l1, m1["t2i_loss"] + 0.1 * m1["lm_loss"] + mmu_coeff * m1["mmu_loss"], rtol=1e-5)
 
 
+def test_device_normalisation_averages_each_devices_token_mean(tokenizer_run, monkeypatch):
+    """`showo.loss_normalization="device"` (the reference's DDP): with two data shards the loss of a part is the
+    mean of each shard's own token mean, not one token mean over both (the shards' token counts differ)."""
+    task = ShowoTask(tiny_config(tokenizer_run, 40, "showo.mix.t2i=2", "showo.mix.lm=1", "showo.mix.mmu=3"))
+    bundles = [task.batches("eval").bundle(i, None) for i in range(2)]
+    both = jax.tree.map(lambda *x: jnp.stack(x), *bundles)
+    params = jax.jit(task.init)(jax.random.key(0), both)["params"]
+    monkeypatch.setattr(task, "data_shards", lambda: 2)
+    both_ways = jax.jit(lambda p, b, r: (task.losses(p, None, b, r, groups=2), task.loss_fn(p, None, b, r)))
+    sums, (_, (metrics, _)) = both_ways(params, both, jax.random.key(1))   # one compile, the same masking
+    for part in ("t2i", "lm", "mmu"):
+        nll, count = np.asarray(sums[f"{part}_nll"]), np.asarray(sums[f"{part}_count"])
+        np.testing.assert_allclose(metrics[f"{part}_loss"], np.mean(nll / count), rtol=1e-5)
+        if part != "lm":
+            assert count[0] != count[1]
+            assert abs(np.mean(nll / count) - nll.sum() / count.sum()) > 1e-4   # "global" would differ
+
+
 @pytest.mark.parametrize("clip", [False, True])
 def test_padding_rows_to_a_multiple_changes_no_loss(tokenizer_run, clip):
     """showo.seq_multiple pads every row (T2I on the left, LM / MMU on the right) for the hardware: the losses,

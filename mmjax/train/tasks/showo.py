@@ -34,6 +34,7 @@ import numpy as np
 from etils import epath
 
 from mmjax import configlib
+from mmjax.data.pipeline import RECORDS_KEY
 from mmjax.diffusion import maskgit
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
@@ -42,17 +43,19 @@ from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
 from mmjax.nn.block_mask import showo_block_mask
 from mmjax.nn.embedding import padded_size
+from mmjax.train.sharding import mesh_shape
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 from mmjax.train.tasks.showo_clip import ClipTower
-from mmjax.train.tasks.showo_examples import ExampleBuilder
-from mmjax.train.tasks.showo_loss import mtp_sums, ntp_sums
+from mmjax.train.tasks.showo_examples import ExampleBuilder, pad_ids
+from mmjax.train.tasks.showo_loss import LOSS_NORMALIZATIONS, grouped, mtp_sums, ntp_sums, part_loss
 
 SHOWO_FIELDS = ("max_text_len", "mix", "t2i_coeff", "lm_coeff", "mmu_coeff", "cond_dropout_prob",
-                "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt", "seq_multiple")
+                "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt", "seq_multiple",
+                "loss_normalization")
 EVAL_FIELDS = ("num_t2i", "num_mmu", "t2i_steps", "guidance_scale", "generation_temperature", "logit_temperature",
-               "max_new_tokens", "loss_batches", "batch", "seed")
+               "max_new_tokens", "loss_batches", "batch", "seed", "mmu_top_k", "mmu_temperature")
 MODEL_EXTRA = ("preset", "w_clip_vit")
 
 
@@ -108,6 +111,10 @@ class ShowoTask(Task):
         self.model = showo_model.Showo(self.lm_config, self.vocab, w_clip_vit=self.clip is not None,
                                        clip_hidden_size=self.clip.width if self.clip else 1024)
         self.pretokenized = bool(config.tokenizer.pretokenize)
+        self.loss_normalization = str(config.showo.get("loss_normalization", "device"))
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise configlib.ConfigError(f"showo.loss_normalization={self.loss_normalization!r}; expected one of "
+                                        f"{LOSS_NORMALIZATIONS}")
         self._splits: dict[str, sb.ShowoBatches] = {}
         self._tok_vars: Any = None
 
@@ -163,8 +170,10 @@ class ShowoTask(Task):
     def source(self, split: str) -> Any:
         return sb.BundleSource(len(self.batches(split)))
 
-    def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        return self.batches("train" if rng is not None else "eval").bundle(record["index"], rng)
+    def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
+        """One bundle, with its record counts for the pipeline (`pipeline.RECORDS_KEY`: records, not bundles)."""
+        arrays, counts = self.batches("train" if rng is not None else "eval").counted_bundle(record["index"], rng)
+        return {**arrays, RECORDS_KEY: counts}
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         spec = sb.bundle_spec(self.mix, self.s, self.seq_len, self.image_size, self.n, self.pretokenized,
@@ -305,10 +314,17 @@ class ShowoTask(Task):
         return self.model.apply(variables, None, embeds=embeds.reshape(-1, *embeds.shape[2:]), mask=mask,
                                 is_causal=False)
 
-    def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
+    def data_shards(self) -> int:
+        """How many devices hold distinct rows of the batch (the mesh's data x fsdp axes): the groups of the
+        reference's per-device loss (`showo.loss_normalization="device"`, showo_loss)."""
+        shape = mesh_shape(dict(self.config.mesh), jax.device_count())
+        return shape[0] * shape[1]
+
+    def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array, groups: int = 1
                ) -> dict[str, jax.Array]:
         """Per-part sums and counts: {part}_nll, {part}_correct, {part}_count (t2i: masked image tokens only for
-        the accuracy; the loss also counts soi/eoi, as the reference)."""
+        the accuracy; the loss also counts soi/eoi, as the reference); with `groups` > 1, each of shape (groups,):
+        the sums of each group of bundles in batch order (the rows one device holds)."""
         rows = self.build_rows(model_state, batch, rng)
         logits = self.logits(params, rows)
         smoothing = self.config.showo.label_smoothing
@@ -322,21 +338,27 @@ class ShowoTask(Task):
                        for x in (logits, rows.labels))
             start += rows.sizes[part]
             if part == "t2i":
-                out.update(mtp_sums(lg, lab, self.s + self.row_len - self.seq_len, self.vocab, smoothing))
+                sums = grouped(mtp_sums, groups)(lg, lab, self.s + self.row_len - self.seq_len, self.vocab, smoothing)
             else:
-                out.update(ntp_sums(lg, lab, part, smoothing))
+                sums = grouped(ntp_sums, groups)(lg, lab, part, smoothing)
+            out.update(sums if groups > 1 else {k: v[0] for k, v in sums.items()})
         return out
 
     def loss_fn(self, params, model_state, batch, rng) -> tuple[jax.Array, tuple[Metrics, Any]]:
-        sums = self.losses(params, model_state, batch, rng)
+        bundles = next(iter(batch.values())).shape[0]
+        groups = self.data_shards() if self.loss_normalization == "device" else 1
+        groups = groups if bundles % groups == 0 else 1   # a batch not split over the devices (compile checks)
+        sums = self.losses(params, model_state, batch, rng, groups=groups)
         cfg = self.config.showo
         total, metrics = jnp.zeros((), jnp.float32), {}
         for part in sb.PARTS:
             if f"{part}_nll" not in sums:
                 continue
-            loss = sums[f"{part}_nll"] / jnp.maximum(sums[f"{part}_count"], 1.0)
+            loss = part_loss(jnp.atleast_1d(sums[f"{part}_nll"]), jnp.atleast_1d(sums[f"{part}_count"]),
+                             self.loss_normalization)
             total = total + getattr(cfg, f"{part}_coeff") * loss
             metrics[f"{part}_loss"] = loss
+        sums = {k: jnp.sum(v) for k, v in sums.items()}
         if "t2i_correct" in sums:
             metrics["t2i_masked_acc"] = sums["t2i_correct"] / jnp.maximum(sums["t2i_masked"], 1.0)
         for part in ("lm", "mmu"):
@@ -357,9 +379,11 @@ class ShowoTask(Task):
         """uint8 images (len(prompts), H, W, 3) for the prompts."""
         return showo_eval.generate_images(self, params, model_state, prompts, rng, canvas)
 
-    def answer(self, params: Any, model_state: Any, images: jax.Array, questions: list[str]) -> list[str]:
-        """Greedy answers; `images` as `mmu_inputs` gives them (codes, or CLIP features for the CLIP-ViT variant)."""
-        return showo_eval.answer(self, params, model_state, images, questions)
+    def answer(self, params: Any, model_state: Any, images: jax.Array, questions: list[str], **sampling: Any
+               ) -> list[str]:
+        """Answers (`showo_eval.answer`: top_k / temperature / rng); `images` as `mmu_inputs` gives them (codes,
+        or CLIP features for the CLIP-ViT variant)."""
+        return showo_eval.answer(self, params, model_state, images, questions, **sampling)
 
     # -- helpers shared with sampling ---------------------------------------------------------------------------
     def mmu_inputs(self, model_state: Any, records: list[dict[str, Any]]) -> jax.Array:
@@ -384,4 +408,4 @@ class ShowoTask(Task):
     def text_batch(self, texts: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokenized, 0-padded texts (B, width) and their lengths."""
         ids = [self.text.encode(t)[:width] for t in texts]
-        return np.stack([sb.pad_ids(i, width) for i in ids]), np.asarray([len(i) for i in ids], np.int32)
+        return np.stack([pad_ids(i, width) for i in ids]), np.asarray([len(i) for i in ids], np.int32)

@@ -17,11 +17,15 @@ fastest path for the tiny CPU configs, where re-encoding the same few thousand i
 more than the transformer.
 
 Sources are read through `make_source`; a corpus sharded over hosts gives each host its own shards
-(`mmjax.data.sharded.host_local`), from which that host's bundles draw. Bad records: a record without an image
-drawn for an image part (LLaVA's text-only conversations, an expected part of such data) is replaced by another
-draw, logged and counted in `ShowoBatches.skipped`; any other fault (an undecodable record or image, a missing
-field, an unusable conversation) fails the bundle, which the pipeline skips and counts under the exception's
-class name (`skipped/ImageDecodeError`, `skipped/UndecodableRecord`, ... in metrics.jsonl).
+(`mmjax.data.sharded.host_local`), from which that host's bundles draw. Bad records cost only themselves: a drawn
+record that cannot be used (unreadable, null / URL / corrupt image, missing or non-UTF-8 text, a text-only LLaVA
+record drawn for an image part, an unusable conversation) is replaced by another draw, and the bundle reports
+it to the pipeline (`pipeline.RECORDS_KEY`), which counts records, not bundles, per reason (the exception's class
+name: `skipped/ImageDecodeError`, `skipped/NoImageError`, ... in metrics.jsonl), each logged with the part, the
+shard / file and the row or key. Pre-tokenizing a small source leaves its bad records out in the same way; those
+counts go out with the first bundle built in the process that pre-tokenized (with `data_workers` > 0 the worker
+processes build the bundles, and those counts are only logged, at start). Only `REDRAWS` failures in a row for
+one example fail its bundle.
 """
 
 from __future__ import annotations
@@ -31,26 +35,24 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 from mmjax import configlib
-from mmjax.data import images as image_ops
 from mmjax.data.sharded import host_local
-from mmjax.data.sources import NoImageError, make_source
+from mmjax.data.sources import make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab
 from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
-
-if TYPE_CHECKING:  # showo_examples imports this module's helpers
-    from mmjax.train.tasks.showo_examples import ExampleBuilder
+from mmjax.train.tasks.showo_examples import ExampleBuilder
 
 log = logging.getLogger(__name__)
 PARTS = ("t2i", "lm", "mmu")
-PART_FIELDS = ("source", "text_field", "class_names", "format")
+PART_FIELDS = ("source", "text_field", "class_names", "format", "questions", "recaption", "window")
+REDRAWS = 16  # draws per example before its bundle is given up (each bad record is counted on its own)
 
 
 # ----------------------------------------------------------------------------------------- image tokenizer
@@ -119,78 +121,98 @@ def make_vocab(cfg: ml_collections.ConfigDict, codebook_size: int, tokenizer: To
 
 
 # ------------------------------------------------------------------------------------------------- examples
-def pad_ids(ids: list[int] | np.ndarray, width: int, fill: int = 0) -> np.ndarray:
-    out = np.full((width,), fill, np.int32)
-    ids = np.asarray(ids, np.int32)[:width]
-    out[: len(ids)] = ids
-    return out
-
-
-def decode_rgb(value: Any, where: str) -> np.ndarray:
-    """An image record field (array, encoded bytes or a path) -> uint8 (H, W, 3)."""
-    image = value if isinstance(value, np.ndarray) else image_ops.decode_image(value, name=where)
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != np.uint8:
-        image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return image[..., :3]
-
-
-def load_image(value: Any, size: int, where: str) -> np.ndarray:
-    """An image record field -> float32 (size, size, 3) in [-1, 1]: bicubic shortest edge to `size` and a centre
-    crop, as the reference's transform."""
-    image = decode_rgb(value, where)
-    if image.shape[:2] != (size, size):
-        image = image_ops.center_crop(image_ops.resize_shortest_edge(image, size, method="bicubic"), size, size)
-    return image.astype(np.float32) / 127.5 - 1.0
-
-
 # Pixel fields of examples and what pretokenization stores instead: tokenizer pixels -> codes, CLIP pixels ->
 # the frozen tower's features.
 ENCODED = {"image": "codes", "clip_image": "clip"}
 
 
+def record_name(source: Any, index: int, record: Any = None) -> str:
+    """Where a record lives, for skip messages: the source's own `where` (shard / file and row or offset) when it
+    has one, else the record's key or id, else its index."""
+    where = getattr(source, "where", None)
+    if callable(where):
+        try:
+            return f"record {index} ({where(index)})"
+        except Exception:  # a name for a message must never fail the read itself
+            pass
+    if isinstance(record, Mapping):
+        for field in ("key", "id", "__key__"):
+            if record.get(field) not in (None, ""):
+                return f"record {index} ({field} {record[field]!r})"
+    return f"record {index}"
+
+
+def build_example(builder: ExampleBuilder, source: Any, part: str, index: int, rng: np.random.Generator | None
+                  ) -> tuple[dict[str, np.ndarray] | None, tuple[str, str] | None]:
+    """(example, None) or (None, (reason, detail)) for record `index` of a part's source. Reasons are the
+    exception's class name ("undecodable" for a record the source could not read); the detail names the part and
+    the record (`record_name`). Config errors are not the record's fault: they propagate."""
+    record = source[index]
+    if record is None:
+        return None, ("undecodable", f"{part} {record_name(source, index)}: the source could not read it")
+    try:
+        return builder.build(part, record, rng), None
+    except configlib.ConfigError:
+        raise
+    except Exception as e:  # one bad record costs only itself: counted, named, replaced by the caller
+        return None, (type(e).__name__, f"{part} {record_name(source, index, record)}: {e}"[:400])
+
+
 def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encoders: Mapping[str, Any], batch: int = 256
-               ) -> dict[str, dict[str, np.ndarray]]:
-    """Every example of a (small) source for each of `parts`, built once, pixel fields replaced by their encodings
-    (`encoders`: {"image": pixels -> codes, "clip_image": pixels -> features}): {part: {field: (n, ...)}}. Each
-    record is read (rendered, decoded) and each of its images encoded once, however many parts share it."""
+               ) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]:
+    """Every usable example of a (small) source for each of `parts`, built once, pixel fields replaced by their
+    encodings (`encoders`: {"image": pixels -> codes, "clip_image": pixels -> features}): ({part: {field: (n_part,
+    ...)}}, skips). A record that fails for a part (unreadable, no image, bad text, corrupt image) is left out of
+    that part only and listed in `skips` as (reason, detail); each record's images are encoded once, however many
+    parts share it."""
     n = len(source)
     if n > 200_000:
         raise configlib.ConfigError(f"pretokenize is for small sources; {parts} have {n} records "
                                     "(set tokenizer.pretokenize=False to tokenize on device)")
     columns: dict[str, dict[str, list[np.ndarray]]] = {p: {} for p in parts}
     pixels: dict[str, list[np.ndarray]] = {}
-    reads: dict[str, set[str]] = {p: set() for p in parts}  # the pixel fields each part uses
+    rows: dict[str, dict[str, list[int]]] = {p: {} for p in parts}   # part -> pixel field -> rows of pixels[field]
+    skips: list[tuple[str, str]] = []
     for i in range(n):
-        record = source[i]
-        if record is None:
-            raise ValueError(f"pretokenize: record {i} of the {parts} source is undecodable")
+        seen: dict[str, int] = {}   # pixel field -> its row in pixels[field] for this record
         for part in parts:
-            for k, val in builder.build(part, record).items():
+            example, why = build_example(builder, source, part, i, None)
+            if example is None:
+                skips.append(why)
+                continue
+            for k, val in example.items():
                 if k not in ENCODED:
                     columns[part].setdefault(k, []).append(val)
                     continue
-                reads[part].add(k)
-                if len(pixels.setdefault(k, [])) == i:
+                if k not in seen:
+                    seen[k] = len(pixels.setdefault(k, []))
                     pixels[k].append(val)
+                rows[part].setdefault(k, []).append(seen[k])
     encoded = {}
     for k, images in pixels.items():
-        chunks = [np.asarray(encoders[k](np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
+        chunks = [np.asarray(encoders[k](np.stack(images[j:j + batch]))) for j in range(0, len(images), batch)]
         encoded[k] = np.concatenate(chunks)
     if "image" in encoded:
-        encoded["image"] = encoded["image"].reshape(n, -1).astype(np.int32)
+        encoded["image"] = encoded["image"].reshape(len(encoded["image"]), -1).astype(np.int32)
     out = {}
     for part in parts:
+        if not columns[part]:
+            reasons = sorted({r for r, _ in skips})
+            raise configlib.ConfigError(f"pretokenize: none of the {n} records of the {part} source is usable "
+                                        f"(reasons: {', '.join(reasons)}; e.g. {skips[0][1] if skips else '-'})")
         out[part] = {k: np.stack(v) for k, v in columns[part].items()}
-        out[part].update({ENCODED[k]: encoded[k] for k in reads[part]})
-    log.info("pretokenized %d examples for %s", n, "/".join(parts))
-    return out
-
-
-class UndecodableRecord(ValueError):
-    """A part's source returned None for a drawn record (its reason was logged where it was read)."""
+        out[part].update({ENCODED[k]: encoded[k][np.asarray(r)] for k, r in rows[part].items()})
+    for reason, detail in skips[:5]:
+        log.warning("pretokenize: skipping %s: %s", reason, detail)
+    if skips:
+        counts: dict[str, int] = {}
+        for reason, _ in skips:
+            counts[reason] = counts.get(reason, 0) + 1
+        log.warning("pretokenize: %d examples of %d records skipped (%s); the first training bundle carries "
+                    "these counts", len(skips), n, ", ".join(f"{r} x{c}" for r, c in sorted(counts.items())))
+    log.info("pretokenized %s examples for %s", "/".join(str(len(next(iter(out[p].values())))) for p in parts),
+             "/".join(parts))
+    return out, skips
 
 
 def carries_codes(source: Any, part: str, num_image_tokens: int, probe: int = 16) -> bool:
@@ -244,6 +266,7 @@ class ShowoBatches:
             if key not in by_key:  # T2I / LM / MMU often share one source (tiny configs): open it once
                 by_key[key] = open_source(parts[part]["source"])
             self.sources[part], self._keys[part] = by_key[key], key
+        self.pending: list[tuple[str, str]] = []   # skips found while pre-tokenizing, reported by the next bundle
         image_tokens = builder.seq_len - builder.s - 3   # a row is [pad|text S][soi][N codes][eoi]
         for key, source in by_key.items():
             parts_here = [p for p in self.sources if self._keys[p] == key]
@@ -253,46 +276,61 @@ class ShowoBatches:
                     raise configlib.ConfigError(f"the {'/'.join(image_parts)} source holds pre-tokenized records "
                                                 "(`ids`); set tokenizer.pretokenize=True to train on their codes")
             elif encoders is not None:
-                self.cache.update(pretokenize(source, builder, parts_here, encoders))
-        self.skipped = 0
+                cache, skips = pretokenize(source, builder, parts_here, encoders)
+                self.cache.update(cache)
+                self.pending.extend(skips)
 
     def __len__(self) -> int:
         return max(len(self.sources[p]) // self.mix[p] for p in self.sources)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # grain worker processes get copies: only the process that pre-tokenized reports the start-up skips
+        return {**self.__dict__, "pending": []}
 
     def size(self, part: str) -> int:
         return len(next(iter(self.cache[part].values()))) if part in self.cache else len(self.sources[part])
 
     def bundle(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        """The arrays of bundle `index` (its record counts dropped; see `counted_bundle`)."""
+        return self.counted_bundle(index, rng)[0]
+
+    def counted_bundle(self, index: int, rng: np.random.Generator | None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The bundle's arrays and its record counts {"kept": records used, "skipped": [(reason, detail), ...]}
+        (the pipeline counts them as records, per reason: `pipeline.RECORDS_KEY`). A drawn record that cannot be
+        used is replaced by another draw (`REDRAWS` in a row at most, then the bundle fails and the pipeline
+        counts that)."""
         out: dict[str, np.ndarray] = {}
+        skipped, self.pending = self.pending, []
+        kept = 0
         for part in self.sources:
             count, n = self.mix[part], self.size(part)
             rows = rng.integers(n, size=count) if rng is not None else (index * count + np.arange(count)) % n
             if part in self.cache:
                 fields = {k: v[rows] for k, v in self.cache[part].items()}
             else:
-                examples = [self._example(part, int(r), rng) for r in rows]
+                examples = [self._example(part, int(r), rng, skipped) for r in rows]
                 fields = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+            kept += count
             out.update({f"{part}_{k}": v for k, v in fields.items()})
-        return out
+        return out, {"kept": kept, "skipped": skipped}
 
-
-    def _example(self, part: str, row: int, rng: np.random.Generator | None, tries: int = 16
+    def _example(self, part: str, row: int, rng: np.random.Generator | None, skipped: list[tuple[str, str]]
                  ) -> dict[str, np.ndarray]:
-        """One example; a record without an image for an image part is logged, counted in `skipped` and replaced
-        by another draw; any other fault propagates (the pipeline skips the bundle and counts the reason)."""
+        """The example of record `row`, or of the next draws while records fail; each failure is appended to
+        `skipped` as (reason, detail naming the record)."""
         source = self.sources[part]
-        for _ in range(tries):
-            record = source[row]
-            if record is None:
-                raise UndecodableRecord(f"{part} record {row} could not be read (see the warning before)")
-            try:
-                return self.builder.build(part, record)
-            except NoImageError as e:
-                self.skipped += 1
-                if self.skipped <= 5:
-                    log.warning("skipping %s record %d (%s: %s)", part, row, type(e).__name__, e)
-                row = int(rng.integers(len(source))) if rng is not None else (row + 1) % len(source)
-        raise NoImageError(f"{tries} consecutive {part} records without an image; last index {row}")
+        for _ in range(REDRAWS):
+            example, why = build_example(self.builder, source, part, row, rng)
+            if example is not None:
+                return example
+            skipped.append(why)
+            row = int(rng.integers(len(source))) if rng is not None else (row + 1) % len(source)
+        raise DrawsExhausted(f"{REDRAWS} {part} records in a row could not be used; the last: {why[0]}: {why[1]}")
+
+
+class DrawsExhausted(ValueError):
+    """Every one of `REDRAWS` draws for one example failed: the bundle is skipped (and its records counted)."""
 
 
 def open_source(cfg: Any) -> Any:

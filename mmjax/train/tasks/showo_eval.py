@@ -81,9 +81,13 @@ def _pad_rows(x: jax.Array, b: int) -> jax.Array:
     return jnp.concatenate([x, jnp.repeat(x[-1:], b - x.shape[0], 0)]) if x.shape[0] < b else x
 
 
-def answer(task: Any, params: Any, model_state: Any, images: jax.Array, questions: list[str]) -> list[str]:
-    """Greedy answers to questions about images, `eval.batch` at a time. `images` are what the variant reads
-    (`task.mmu_inputs`): codes (B, N) for discrete tokens, CLIP features (B, F, C) for the CLIP-ViT variant."""
+def answer(task: Any, params: Any, model_state: Any, images: jax.Array, questions: list[str], *,
+           top_k: int | None = None, temperature: float | None = None, rng: jax.Array | None = None) -> list[str]:
+    """Answers to questions about images, `eval.batch` at a time. `images` are what the variant reads
+    (`task.mmu_inputs`): codes (B, N) for discrete tokens, CLIP features (B, F, C) for the CLIP-ViT variant.
+    Sampling: `top_k` / `temperature` (default: the run's `eval.mmu_top_k` / `eval.mmu_temperature`; 0 / 0 =
+    greedy argmax). The reference's setting, top_k = 1 at temperature 1, keeps every token tied at the maximum
+    and samples one of them uniformly (its `logits < kth` mask and `multinomial`); argmax takes the first."""
     b, answers = int(task.config.eval.batch), []
     clip = task.clip is not None
     if clip and images.ndim != 3:
@@ -93,15 +97,21 @@ def answer(task: Any, params: Any, model_state: Any, images: jax.Array, question
     texts = [question_text(q) for q in questions]
     width = max(len(task.text.encode(t)) for t in texts)
     max_new = int(task.config.eval.max_new_tokens)
+    ev = task.config.eval
+    top_k = int(ev.get("mmu_top_k", 0) if top_k is None else top_k)
+    temperature = float(ev.get("mmu_temperature", 0.0) if temperature is None else temperature)
+    rng = jax.random.key(int(ev.seed)) if rng is None else rng
+    sampling = dict(max_new_tokens=max_new, temperature=temperature, top_k=top_k)
     for start in range(0, len(questions), b):
+        rng, step_rng = jax.random.split(rng)
         chunk = texts[start:start + b]
         qids, qlen = task.text_batch(chunk + [chunk[-1]] * (b - len(chunk)), width)
         inputs = _pad_rows(jnp.asarray(images[start:start + b]), b)
         if clip:
             out = showo_model.mmu_vit_generate(task.model, params, inputs, task.system_ids, qids, qlen,
-                                               max_new_tokens=max_new)
+                                               rng=step_rng, **sampling)
         else:
-            out = showo_model.mmu_generate(task.model, params, inputs, qids, qlen, max_new_tokens=max_new)
+            out = showo_model.mmu_generate(task.model, params, inputs, qids, qlen, rng=step_rng, **sampling)
         for row, n in zip(np.asarray(out.tokens)[: len(chunk)], np.asarray(out.lengths)):
             ids = [int(t) for t in row[:n] if t < task.vocab.text_vocab_size and t != task.vocab.eos_id]
             answers.append(task.text.decode(ids, skip_special_tokens=True).strip())

@@ -1,6 +1,15 @@
-"""Show-o's two objectives as per-part sums (so the trainer can average over devices and micro-steps exactly):
-mask-token prediction on T2I rows (no shift, from `<|soi|>` on) and next-token prediction on LM / MMU rows, in
-float32, with optional label smoothing."""
+"""Show-o's two objectives as per-part sums: mask-token prediction on T2I rows (no shift, from `<|soi|>` on) and
+next-token prediction on LM / MMU rows, in float32, with optional label smoothing; and how sums become a part's
+loss (`showo.loss_normalization`):
+
+  device   the reference's: each device takes the token mean of its own rows (torch's cross-entropy), then DDP
+           averages the devices' gradients, so every device's mean weighs the same however many tokens it had.
+           Here the sums are kept per group of rows a device holds (`groups` = the batch's data shards, rows in
+           bundle order) and the loss is the mean over groups of sum / count (a group without a supervised token
+           of that part adds 0, where torch's mean would be NaN).
+  global   one token mean over the whole batch: every token weighs the same (groups with more MMU answer tokens
+           count more). Equal to `device` with one data shard.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,25 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.models import showo_layout as layout
+
+LOSS_NORMALIZATIONS = ("device", "global")
+
+
+def part_loss(nll: jax.Array, count: jax.Array, normalization: str) -> jax.Array:
+    """A part's loss from its per-group sums (G,) (see the module docstring)."""
+    if normalization == "device":
+        return jnp.mean(nll / jnp.maximum(count, 1.0))
+    if normalization == "global":
+        return jnp.sum(nll) / jnp.maximum(jnp.sum(count), 1.0)
+    raise ValueError(f"showo.loss_normalization={normalization!r}; expected one of {LOSS_NORMALIZATIONS}")
+
+
+def grouped(fn, groups: int):
+    """`fn(logits, labels, ...)` -> dict of sums, applied per group of rows: each sum becomes (groups,)."""
+    def apply(logits: jax.Array, labels: jax.Array, *args):
+        split = lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        return jax.vmap(lambda lg, lab: fn(lg, lab, *args))(split(logits), split(labels))
+    return apply
 
 
 def _ce(logits: jax.Array, labels: jax.Array, smoothing: float) -> tuple[jax.Array, jax.Array, jax.Array]:
