@@ -72,7 +72,8 @@ def check_text(record: dict[str, Any], fields: Sequence[str]) -> None:
     for field in fields:
         if isinstance(record.get(field), bytes):
             record[field].decode("utf-8")
-    if fields and not any(record.get(f) not in (None, "", b"", [], {}) for f in fields):
+    present = lambda v: v is not None and not (isinstance(v, str | bytes | list | dict) and len(v) == 0)
+    if fields and not any(present(record.get(f)) for f in fields):
         raise NoTextError(f"record {record_name(record)} has none of the fields {', '.join(fields)} "
                           f"(has {sorted(record)})")
 
