@@ -241,10 +241,16 @@ def test_sigterm_stops_at_a_batch_with_75_and_the_rerun_writes_the_same_bytes(ru
     monkeypatch.setattr(Tokenizer, "sharded_encoder", terminated_on_the_third_batch)
     out = tmp_path / "term"
     capsys.readouterr()
-    assert tokenize(run_dir, data, out) == 75
-    assert "STOPPED by SIGTERM (run the same command again to continue)" in capsys.readouterr().out
+    heard = []
+    guard = lambda *_: heard.append(1)   # hears SIGTERM when the job does not (then it must not end pytest)
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert tokenize(run_dir, data, out) == 75
+        assert signal.getsignal(signal.SIGTERM) is guard   # the job's handler lived only while it ran
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not heard and "STOPPED by SIGTERM (run the same command again to continue)" in capsys.readouterr().out
     assert len(calls) == 3 and sorted(shard_bytes(out)) == ["ids-h0000-000000.array_record"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL    # the handler lives only while the job runs
     monkeypatch.setattr(Tokenizer, "sharded_encoder", sharded_encoder)
     assert tokenize(run_dir, data, out) == 0
     assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
