@@ -230,9 +230,11 @@ def prepare_output(out_dir: str, host: int, spec: dict[str, Any], restart: bool 
         old = json.load(f)
     changed = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
     if changed:
+        remedy = ("other hosts' shards of that job remain: run --restart on every host, or write to a new --out"
+                  if restart else "write to a new --out, or run with --restart to delete this host's shards and "
+                  "start over")
         raise DataError(f"{out_dir} holds shards of another tokenization job ({', '.join(changed)} differ from "
-                        f"{info}); write to a new --out, or run with --restart to delete this host's shards and "
-                        "start over")
+                        f"{info}); {remedy}")
 
 
 @contextlib.contextmanager

@@ -55,6 +55,19 @@ def test_another_tokenizer_is_refused_before_the_data_is_opened_and_restart_star
     assert json.loads((out / "tokenizer.json").read_text()) == newer
 
 
+def test_restart_on_one_host_refuses_while_another_hosts_old_shards_remain(tmp_path):
+    out = tmp_path / "ids"
+    two_hosts = {**SPEC, "host_count": 2}
+    for host in (0, 1):
+        pretokenize.ShardWriter(records(4), pretokenize.decoded(lambda x: x.astype(np.float32)), encode, str(out),
+                                host, 4, 2, workers=1, spec=two_hosts).run()
+    newer = {**two_hosts, "tokenizer_sha256": "b" * 64}
+    with pytest.raises(DataError, match="other hosts' shards of that job remain: run --restart on every host"):
+        pretokenize.prepare_output(str(out), 0, newer, restart=True)
+    pretokenize.prepare_output(str(out), 1, newer, restart=True)   # the last host's restart clears the folder
+    assert files(out) == []
+
+
 def test_a_shard_of_another_job_is_refused_even_when_tokenizer_json_agrees(tmp_path):
     out = tmp_path / "ids"
     writer(records(4), out).run()
