@@ -197,7 +197,8 @@ def grid_png(samples: list[tuple[str, Sample]], path: str, columns: int = 8) -> 
         else:
             draw.rectangle([x, y, x + TILE - 1, y + TILE - 1], fill=(225, 225, 225))
             draw.text((x + 4, y + TILE // 2 - 5), "(no image)", fill=(90, 90, 90))
-        head = f"[{part}] SKIPPED: {sample.skipped}" if sample.skipped else f"[{part}] {sample.tokens or '-'} tok"
+        head = f"[{part}] " + (f"SKIPPED: {sample.skipped}" if sample.skipped else
+                               f"{sample.tokens} tokens" if sample.tokens is not None else "")
         lines = [head, *textwrap.wrap(sample.text, TEXT_WIDTH)[:TEXT_LINES]]
         for k, line in enumerate(lines):
             draw.text((x, y + TILE + 2 + k * line_h), line, fill=(200, 0, 0) if sample.skipped and not k else 0)
