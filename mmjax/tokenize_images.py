@@ -170,6 +170,10 @@ def reconstruct_folder(tok: Tokenizer, images_dir: str, out_dir: str, batch: int
         except (ImageDecodeError, ValueError) as e:
             log.warning("skipping %s: %s", name, e)
             skipped.append(name)
+    if not loaded:
+        from mmjax.data.sources import DataError
+
+        raise DataError(f"no readable image in {images_dir}: all {len(names)} were skipped ({', '.join(skipped)})")
     os.makedirs(out_dir, exist_ok=True)
     scale = max(1, 128 // tok.image_size)
     results: dict[str, float] = {}

@@ -178,6 +178,14 @@ def test_the_batch_is_sharded_over_local_devices_with_the_same_ids(run_dir, tmp_
     np.testing.assert_array_equal(np.stack([r["ids"] for r in one]), np.stack([r["ids"] for r in two]))
 
 
+def test_a_folder_of_only_unreadable_images_is_an_error(run_dir, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    assert main(["--workdir", run_dir, "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: no readable image in {tmp_path / 'images'}: all 1 were skipped (broken.png)")
+
+
 def test_refuses_ambiguous_or_missing_inputs(run_dir, tmp_path):
     with pytest.raises(SystemExit):
         main(["--workdir", run_dir, "--out", str(tmp_path)])
