@@ -11,23 +11,35 @@ exists is whole.
 Resume. A restarted job (same arguments) skips the shards that exist and redoes the one that was in progress.
 Batches never cross a shard boundary and the last batch of a shard is padded to full size, so every image meets
 the same batch, the same jit-compiled encoder and the same device layout as in an uninterrupted run: the output
-is byte-identical (tests/test_tokenize_images.py kills a job half-way and compares). `tokenizer.json` records
-what the shards depend on (tokenizer, source, shard size, host count); a restart with anything else is refused.
+is byte-identical (tests/test_tokenize_images.py kills a job half-way and compares). SIGTERM stops the job at
+the next batch, as a kill would, and the command exits 75 (run it again to continue).
 
-Bad records (undecodable images, records without an image) are skipped and counted per reason, as in training.
-Progress is a bar on a terminal and a log line every `log_every_s` seconds otherwise; the summary gives
-images/s of this run and the skips of all shards.
+Identity. What the shards depend on (the tokenizer's checkpoint step and a digest of its parameters, the source,
+shard size, host count) is the job's spec. `tokenizer.json` holds it for readers and is written just before the
+first shard is put in place, so a job that fails before writing a shard leaves nothing that a corrected rerun
+would trip over. Every shard's `.json` carries the spec's digest: a restart whose spec differs from the shards
+already there (another tokenizer, or the same one trained further) is refused before the data is opened, unless
+it asks to start over (`restart=True` removes this host's shards first).
+
+Bad records (undecodable images, records without an image, records without any text or label field) are skipped
+and counted per reason, as in training. Progress is a bar on a terminal and a log line every `log_every_s` seconds
+otherwise; the summary gives images/s of this run and the skips of all shards.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import glob
+import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +56,32 @@ Encode = Callable[[np.ndarray], np.ndarray]  # a full batch of model inputs -> i
 
 class MultiImageError(ValueError):
     """A LLaVA record with several images: a pre-tokenized record holds the codes of one image."""
+
+
+class NoTextError(ValueError):
+    """A record with none of the text or label fields that training pairs with its codes (a captionless image):
+    skipped and counted under this name, instead of failing later in the training job."""
+
+
+TEXT_FIELDS = ("caption", "text", "conversations", "label")   # a record needs one of these (see `check_text`)
+
+
+def check_text(record: dict[str, Any], fields: Sequence[str]) -> None:
+    """Raises NoTextError when `record` has none of `fields` with a non-empty value (no check when `fields` is
+    empty); a bytes caption must be UTF-8 (UnicodeDecodeError otherwise, counted under that name)."""
+    for field in fields:
+        if isinstance(record.get(field), bytes):
+            record[field].decode("utf-8")
+    present = lambda v: v is not None and not (isinstance(v, str | bytes | list | dict) and len(v) == 0)
+    if fields and not any(present(record.get(f)) for f in fields):
+        raise NoTextError(f"record {record_name(record)} has none of the fields {', '.join(fields)} "
+                          f"(has {sorted(record)})")
+
+
+def record_name(record: dict[str, Any]) -> str:
+    """How a log line names a record: its key or id (and where it came from, when the source says)."""
+    name = record.get("key", record.get("id", ""))
+    return f"{name!r}" + (f" ({record['where']})" if record.get("where") else "")
 
 
 class HostRecords:
@@ -98,6 +136,9 @@ def passthrough(record: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif isinstance(value, list | dict):
             out[key] = json.dumps(value)
+        if isinstance(out.get(key), bytes):   # text as text (a UTF-8 caption); other bytes stay bytes
+            with contextlib.suppress(UnicodeDecodeError):
+                out[key] = out[key].decode("utf-8")
     return out
 
 
@@ -139,32 +180,85 @@ class Progress:
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp{os.getpid()}"   # hosts sharing the folder may write tokenizer.json at the same time
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
 
 
-def check_job(out_dir: str, spec: dict[str, Any]) -> None:
-    """Writes `tokenizer.json`, or checks that an existing one describes the same job (a restart)."""
-    path = os.path.join(out_dir, "tokenizer.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-        if changed:
-            raise DataError(f"{out_dir} holds shards of another tokenization job ({', '.join(changed)} differ "
-                            f"from {path}); write to a new --out, or delete the old shards")
+def params_digest(variables: Any) -> str:
+    """sha256 of every array of a variable tree (paths, dtypes, shapes and bytes): two tokenizers share it only
+    when they encode identically."""
+    import jax
+
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def host_files(out_dir: str, host: int | None = None) -> list[str]:
+    """The shard files (finished or not) of one host, or of every host."""
+    pattern = "ids-h*-*" if host is None else f"ids-h{host:04d}-*"
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), pattern)))
+
+
+def prepare_output(out_dir: str, host: int, spec: dict[str, Any], restart: bool = False) -> None:
+    """Checks, before any data is opened, that `out_dir` holds no shards of another job (see the module); with
+    `restart`, removes this host's shards and summary (and `tokenizer.json` once no host's shards remain).
+    A `tokenizer.json` without shards (a job that failed before its first shard) is removed: the first shard of
+    this job writes it again."""
+    os.makedirs(out_dir, exist_ok=True)
+    info = os.path.join(out_dir, "tokenizer.json")
+    if restart:
+        for f in host_files(out_dir, host) + glob.glob(os.path.join(glob.escape(out_dir), f"summary-h{host:04d}.json")):
+            os.remove(f)
+    if not any(f.endswith(".array_record") for f in host_files(out_dir)):
+        if os.path.isfile(info):
+            os.remove(info)
         return
-    _write_json(path, spec)
+    if not os.path.isfile(info):
+        raise DataError(f"{out_dir} holds shards but no tokenizer.json (not written by this tool?); write to a new "
+                        "--out, or run with --restart to delete this host's shards and start over")
+    with open(info) as f:
+        old = json.load(f)
+    changed = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+    if changed:
+        remedy = ("other hosts' shards of that job remain: run --restart on every host, or write to a new --out"
+                  if restart else "write to a new --out, or run with --restart to delete this host's shards and "
+                  "start over")
+        raise DataError(f"{out_dir} holds shards of another tokenization job ({', '.join(changed)} differ from "
+                        f"{info}); {remedy}")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event set by SIGTERM (a preempted or cancelled job) while the block runs; the writer checks it between
+    batches and leaves the shard in progress unfinished, as a kill would. The previous handler is restored."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ShardWriter:
     """Tokenizes one host's records into its shards; see the module."""
 
     def __init__(self, source: Any, prepare: Prepare, encode: Encode, out_dir: str, host_index: int,
-                 records_per_shard: int, batch: int, workers: int = 8, limit: int | None = None):
+                 records_per_shard: int, batch: int, workers: int = 8, limit: int | None = None, *,
+                 spec: dict[str, Any] | None = None, text_fields: Sequence[str] = (),
+                 stop: threading.Event | None = None):
         self.source, self.prepare, self.encode = source, prepare, encode
+        self.spec, self.job = spec or {}, spec_digest(spec or {})
+        self.text_fields, self.stop = tuple(text_fields), stop
         self.out_dir, self.host, self.per_shard, self.batch = out_dir, host_index, records_per_shard, batch
         self.total = min(len(source), limit) if limit else len(source)
         self.pool = concurrent.futures.ThreadPoolExecutor(workers)   # decoding and resizing release the GIL
@@ -182,17 +276,24 @@ class ShardWriter:
         if not (os.path.isfile(name + ".array_record") and os.path.isfile(name + ".json")):
             return None
         with open(name + ".json") as f:
-            return json.load(f)
+            stats = json.load(f)
+        if stats.get("job") != self.job:   # prepare_output checked tokenizer.json; this catches a mixed folder
+            raise DataError(f"{name}.array_record was written by another tokenization job than this one (see "
+                            f"{self.out_dir}/tokenizer.json); run with --restart to start over, or use a new --out")
+        return stats
 
     def _load(self, index: int) -> tuple[np.ndarray | None, dict[str, Any] | str]:
         """(model input, passthrough fields) or (None, skip reason) for one input record."""
+        record = None
         try:
             record = self.source[index]
             if record is None:
                 return None, "undecodable"
+            check_text(record, self.text_fields)
             return self.prepare(image_of(record)), passthrough(record)
         except Exception as e:  # one bad record never ends a long job: skip it, count it by its class, say why
-            log.warning("skipping record %d: %s: %s", index, type(e).__name__, str(e)[:300])
+            name = f" {record_name(record)}" if isinstance(record, dict) else ""
+            log.warning("skipping record %d%s: %s: %s", index, name, type(e).__name__, str(e)[:300])
             return None, type(e).__name__
 
     def write_shard(self, shard: int, progress: Progress, budget: int | None) -> dict[str, Any] | None:
@@ -203,13 +304,13 @@ class ShardWriter:
         lo, hi = shard * self.per_shard, min((shard + 1) * self.per_shard, self.total)
         name = self.name(shard)
         writer = ArrayRecordWriter(name + ".array_record.tmp", "group_size:1")
-        stats: dict[str, Any] = {"inputs": [lo, hi], "records": 0, "skipped": {}}
+        stats: dict[str, Any] = {"inputs": [lo, hi], "records": 0, "skipped": {}, "job": self.job}
         starts = list(range(lo, hi, self.batch))
         submit = lambda start: [self.pool.submit(self._load, i) for i in range(start, min(start + self.batch, hi))]
         pending = submit(starts[0]) if starts else []
         try:
             for n, start in enumerate(starts):
-                if budget is not None and start - lo >= budget:
+                if (budget is not None and start - lo >= budget) or (self.stop is not None and self.stop.is_set()):
                     return None
                 loaded = [f.result() for f in pending]
                 pending = submit(starts[n + 1]) if n + 1 < len(starts) else []   # read ahead while encoding
@@ -226,6 +327,9 @@ class ShardWriter:
                 progress.advance(len(loaded), len(loaded) - len(kept))
         finally:
             writer.close()
+        info = os.path.join(self.out_dir, "tokenizer.json")
+        if self.spec and not os.path.isfile(info):   # with the first shard, never before (see the module)
+            _write_json(info, self.spec)
         _write_json(name + ".json", stats)
         os.replace(name + ".array_record.tmp", name + ".array_record")   # the shard exists only when whole
         return stats
@@ -248,13 +352,25 @@ class ShardWriter:
             finished[k] = stats
         rate = progress.close()
         self.pool.shutdown()
+        if complete and not any(s["records"] for s in finished.values()):
+            self._remove_empty_output()
         skipped: dict[str, int] = {}
         for s in finished.values():
             for reason, n in s["skipped"].items():
                 skipped[reason] = skipped.get(reason, 0) + n
         return {"host": self.host, "shards": len(finished), "of_shards": self.num_shards, "complete": complete,
                 "records": sum(s["records"] for s in finished.values()), "inputs": self.total,
-                "skipped": skipped, "images_per_s": rate, "new_inputs": progress.new}
+                "skipped": skipped, "images_per_s": rate, "new_inputs": progress.new,
+                "preempted": bool(self.stop is not None and self.stop.is_set() and not complete)}
+
+    def _remove_empty_output(self) -> None:
+        """A job that wrote no record leaves no shards (nor `tokenizer.json`, unless another host wrote shards):
+        a rerun on corrected data starts afresh instead of resuming into empty shards."""
+        for f in host_files(self.out_dir, self.host):
+            os.remove(f)
+        info = os.path.join(self.out_dir, "tokenizer.json")
+        if os.path.isfile(info) and not host_files(self.out_dir):
+            os.remove(info)
 
 
 def decoded(prepare_array: Prepare) -> Prepare:

@@ -16,9 +16,13 @@ host (`--host_index/--host_count`, default jax.process_index/count) tokenizes it
 accelerators (the batch sharded over them, compiled once) into DIR/ids-h<host>-<shard>.array_record: msgpack
 records {"ids": int32 (h, w), plus the record's scalar and string fields: caption, key, ...}, read back with
 `config.data.train = {name: "arrayrecord", pattern: "DIR/ids-*.array_record"}` (Show-o's configs: `data=tokenized`).
-DIR/tokenizer.json holds the id grid, codebook size, bit order, image size and what the job read. A restarted job
-continues after the shards already written and produces byte-identical shards (`mmjax.pretokenize`). Bad records
-are skipped and counted by reason; the summary (printed, and DIR/summary-h<host>.json) gives images/s.
+DIR/tokenizer.json (written with the first shard) holds the id grid, codebook size, bit order, image size, the
+tokenizer's checkpoint step and parameter digest, and what the job read. A restarted job (after a kill, or SIGTERM:
+exit 75) continues after the shards already written and produces byte-identical shards (`mmjax.pretokenize`); one
+with another tokenizer (or the same run trained further) or other arguments is refused, unless `--restart` asks to
+delete this host's shards and start over. Bad records (undecodable or missing images, no caption / conversation /
+label: `--text_fields`) are skipped and counted by reason; the summary (printed, and DIR/summary-h<host>.json)
+gives the counts and images/s. A job that writes no record (an empty source, every record skipped) is an error.
 
 The tokenizer is a training run (`--workdir`: its config.json and newest checkpoint, EMA params when the run kept
 them) or a config file whose `pretrained.path` names released weights (`--config configs/vq/showo_magvitv2.py:...`).
@@ -41,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from mmjax import cli
+from mmjax.pretokenize import TEXT_FIELDS
 
 log = logging.getLogger("mmjax.tokenize_images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -68,17 +73,21 @@ class Tokenizer:
             cfg.image_size = image_size
         self.task = VQTask(cfg)
         self.source_name = workdir or config
+        self.step: int | None = None   # the checkpoint step of a trained run (None for released weights)
         self.variables = self._load_run(workdir) if workdir else self._load_pretrained()
         self.model = self.task.model
 
     def _load_run(self, workdir: str) -> dict[str, Any]:
-        from mmjax.train.checkpoint import CheckpointError, load_params
+        from mmjax import paths
+        from mmjax.train.checkpoint import CheckpointError, checkpoint_steps, load_params
 
         try:
             params = load_params(workdir, key="ema_params")
         except CheckpointError:
             params = load_params(workdir, key="params")
         state = load_params(workdir, key="model_state") if self.task.vq_config.quantizer == "vq" else {}
+        # load_params took the newest step that restores and moved newer, corrupt ones aside: the newest left
+        self.step = checkpoint_steps(os.path.join(paths.absolute(workdir), "checkpoints"))[-1]
         return self.task.tokenizer_variables(params, state or {})
 
     def _load_pretrained(self) -> dict[str, Any]:
@@ -121,11 +130,16 @@ class Tokenizer:
         return encode, batch
 
     def job_spec(self) -> dict[str, Any]:
-        """What pre-tokenized shards depend on (and what a reader needs to know about their ids)."""
+        """What pre-tokenized shards depend on (and what a reader needs to know about their ids): the tokenizer
+        is named by its path, checkpoint step and a digest of its variables, so the same run trained further is
+        another tokenizer."""
+        from mmjax.pretokenize import params_digest
+
         cfg = self.task.vq_config
         grid = self.image_size // cfg.downsample_factor
         return {"grid": [grid, grid], "codebook_size": cfg.num_codes, "quantizer": cfg.quantizer,
-                "msb_first": cfg.msb_first, "image_size": self.image_size, "tokenizer": self.source_name}
+                "msb_first": cfg.msb_first, "image_size": self.image_size, "tokenizer": self.source_name,
+                "tokenizer_step": self.step, "tokenizer_sha256": params_digest(self.variables)}
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         from mmjax.models.vq import decode_ids
@@ -156,6 +170,10 @@ def reconstruct_folder(tok: Tokenizer, images_dir: str, out_dir: str, batch: int
         except (ImageDecodeError, ValueError) as e:
             log.warning("skipping %s: %s", name, e)
             skipped.append(name)
+    if not loaded:
+        from mmjax.data.sources import DataError
+
+        raise DataError(f"no readable image in {images_dir}: all {len(names)} were skipped ({', '.join(skipped)})")
     os.makedirs(out_dir, exist_ok=True)
     scale = max(1, 128 // tok.image_size)
     results: dict[str, float] = {}
@@ -210,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop_after", type=cli.int_at_least(1), default=None,
                         help="stop after N records of this run, leaving the shard in progress unfinished, as a "
                              "killed job does (for trials and the resumption test)")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete this host's shards in --out and start over (e.g. after retraining the "
+                             "tokenizer), instead of refusing to resume into another job's output")
+    parser.add_argument("--text_fields", default=",".join(TEXT_FIELDS),
+                        help="skip (and count as NoTextError) records with none of these fields; '' keeps all")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cli.setup_logging()
@@ -247,26 +270,36 @@ def _tokenize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     from mmjax import pretokenize
     from mmjax.data.sharded import host_share
+    from mmjax.data.sources import DataError
 
     data = _data_config(parser, args)
     host, hosts = host_share(args.host_index, args.host_count)
+    spec = {**tok.job_spec(), "data": data, "records_per_shard": args.records_per_shard, "host_count": hosts,
+            "limit": args.limit}
+    pretokenize.prepare_output(args.out, host, spec, restart=args.restart)   # refuse before opening the data
     encode, batch = tok.sharded_encoder(args.batch)
-    os.makedirs(args.out, exist_ok=True)
-    pretokenize.check_job(args.out, {**tok.job_spec(), "data": data, "records_per_shard": args.records_per_shard,
-                                     "host_count": hosts, "limit": args.limit})
-    writer = pretokenize.ShardWriter(pretokenize.host_records(data, host, hosts), pretokenize.decoded(tok.preprocess),
-                                     encode, args.out, host, args.records_per_shard, batch, args.workers,
-                                     args.limit or None)
-    summary = writer.run(args.log_every_s, args.stop_after)
+    with pretokenize.stop_on_sigterm() as stop:
+        writer = pretokenize.ShardWriter(
+            pretokenize.host_records(data, host, hosts), pretokenize.decoded(tok.preprocess), encode, args.out, host,
+            args.records_per_shard, batch, args.workers, args.limit or None, spec=spec,
+            text_fields=[f for f in args.text_fields.split(",") if f], stop=stop)
+        summary = writer.run(args.log_every_s, args.stop_after)
     with open(os.path.join(args.out, f"summary-h{host:04d}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     skipped = ", ".join(f"{k} x{n}" for k, n in sorted(summary["skipped"].items())) or "none"
-    state = "done" if summary["complete"] else "STOPPED early (run the same command again to continue)"
+    if summary["preempted"]:
+        state = "STOPPED by SIGTERM (run the same command again to continue)"
+    else:
+        state = "done" if summary["complete"] else "STOPPED early (run the same command again to continue)"
     print(f"host {host}/{hosts}: {summary['records']} records in {summary['shards']}/{summary['of_shards']} "
           f"shard(s) in {args.out}, {state}; this run {summary['new_inputs']} inputs at "
           f"{summary['images_per_s']:.1f} images/s; skipped: {skipped}")
+    if summary["preempted"]:
+        return cli.EXIT_PREEMPTED
+    if summary["complete"] and not summary["records"]:
+        what = f"all {summary['inputs']} records were skipped ({skipped})" if summary["inputs"] else "no records"
+        raise DataError(f"nothing written to {args.out}: {what} in host {host}/{hosts}'s share of {data}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,16 +7,21 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import signal
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from mmjax import configlib
+from mmjax.data import corpus_writers as cw
 from mmjax.data.records import decode
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 from mmjax.data.sources import DataError
+from mmjax.pretokenize import params_digest
 from mmjax.tokenize_images import Tokenizer, main
 from mmjax.train.trainer import Trainer
 from tests.data.corpora import shape_samples, write_corpus
@@ -77,6 +82,7 @@ def test_tokenizes_a_source_into_shards_whose_ids_decode_back(run_dir, tmp_path,
     assert info["grid"] == [4, 4] and info["codebook_size"] == 32 and info["records_per_shard"] == 8
     assert "20 records in 3/3 shard(s)" in capsys.readouterr().out
     tok = Tokenizer(workdir=run_dir)
+    assert info["tokenizer_step"] == 3 and info["tokenizer_sha256"] == params_digest(tok.variables)
     source = configlib.load_config_file(DATA_CONFIG).data.eval
     src = ShapesSource(ShapesConfig(resolution=16), num_records=source.num_records, seed=source.seed)
     images = np.stack([tok.preprocess(src[i]["image"]) for i in range(20)])
@@ -172,8 +178,120 @@ def test_the_batch_is_sharded_over_local_devices_with_the_same_ids(run_dir, tmp_
     np.testing.assert_array_equal(np.stack([r["ids"] for r in one]), np.stack([r["ids"] for r in two]))
 
 
+def test_a_folder_of_only_unreadable_images_is_an_error(run_dir, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    assert main(["--workdir", run_dir, "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: no readable image in {tmp_path / 'images'}: all 1 were skipped (broken.png)")
+
+
 def test_refuses_ambiguous_or_missing_inputs(run_dir, tmp_path):
     with pytest.raises(SystemExit):
         main(["--workdir", run_dir, "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--workdir", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.slow   # trains the tokenizer one more step (a compile): ~10 s idle; tests/test_pretokenize.py covers
+def test_the_same_run_trained_further_is_refused_and_restart_starts_over(run_dir, tmp_path, capsys):
+    workdir = str(tmp_path / "vq")
+    shutil.copytree(run_dir, workdir)
+    _, data = tar_corpus(tmp_path)
+    out = tmp_path / "ids"
+    assert tokenize(workdir, data, out, "--stop_after", "6") == 0
+    first = json.loads((out / "tokenizer.json").read_text())
+    assert first["tokenizer_step"] == 3 and len(first["tokenizer_sha256"]) == 64
+    config = ml_collections.ConfigDict(json.loads((tmp_path / "vq" / "config.json").read_text()))
+    Trainer(configlib.apply_overrides(config, ["total_steps=4"]), workdir).run()   # same path, one step further
+    capsys.readouterr()
+    assert tokenize(workdir, data, out) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {out} holds shards")
+    assert "holds shards of another tokenization job (tokenizer_sha256, tokenizer_step differ" in err
+    assert "--restart" in err and len(shard_bytes(out)) == 1   # nothing was added to the old shard
+    assert tokenize(workdir, data, out, "--restart") == 0
+    info = json.loads((out / "tokenizer.json").read_text())
+    assert info["tokenizer_step"] == 4 and info["tokenizer_sha256"] != first["tokenizer_sha256"]
+    assert len(shard_bytes(out)) == 5 and not glob.glob(str(out / "*.tmp"))
+    jobs = {json.loads(f.read_text())["job"] for f in out.glob("ids-*.json")}
+    assert len(jobs) == 1
+
+
+def test_a_failed_first_attempt_leaves_nothing_that_refuses_the_corrected_rerun(run_dir, tmp_path, capsys):
+    _, data = tar_corpus(tmp_path)
+    out = tmp_path / "ids"
+    wrong = ["--data", "name=webdataset", "--data", f"pattern={tmp_path / 'wds' / '*.tra'}"]
+    assert tokenize(run_dir, wrong, out) == 2
+    assert "error: " in capsys.readouterr().err and not os.path.exists(out / "tokenizer.json")
+    assert tokenize(run_dir, data, out) == 0
+    assert len(shard_bytes(out)) == 5 and json.loads((out / "tokenizer.json").read_text())["data"]["pattern"] \
+        == data[-1].split("=", 1)[1]
+
+
+def test_sigterm_stops_at_a_batch_with_75_and_the_rerun_writes_the_same_bytes(run_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    _, data = tar_corpus(tmp_path)
+    assert tokenize(run_dir, data, tmp_path / "whole") == 0
+    sharded_encoder, calls = Tokenizer.sharded_encoder, []
+
+    def terminated_on_the_third_batch(self, batch):
+        encode, batch = sharded_encoder(self, batch)
+
+        def encode_and_signal(images):
+            calls.append(len(images))
+            if len(calls) == 3:
+                signal.raise_signal(signal.SIGTERM)   # a real SIGTERM to this process, as a preemption sends
+            return encode(images)
+
+        return encode_and_signal, batch
+
+    monkeypatch.setattr(Tokenizer, "sharded_encoder", terminated_on_the_third_batch)
+    out = tmp_path / "term"
+    capsys.readouterr()
+    heard = []
+    guard = lambda *_: heard.append(1)   # hears SIGTERM when the job does not (then it must not end pytest)
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert tokenize(run_dir, data, out) == 75
+        assert signal.getsignal(signal.SIGTERM) is guard   # the job's handler lived only while it ran
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not heard and "STOPPED by SIGTERM (run the same command again to continue)" in capsys.readouterr().out
+    assert len(calls) == 3 and sorted(shard_bytes(out)) == ["ids-h0000-000000.array_record"]
+    monkeypatch.setattr(Tokenizer, "sharded_encoder", sharded_encoder)
+    assert tokenize(run_dir, data, out) == 0
+    assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
+
+
+def test_writing_nothing_is_an_error_with_the_counts(run_dir, tmp_path, capsys):
+    samples = shape_samples(4, resolution=24, corrupt=(0, 1), no_image=(2,))
+    del samples[3]["caption"]
+    cfg = write_corpus("webdataset", str(tmp_path / "bad"), samples, shards=1)
+    out = tmp_path / "ids"
+    assert tokenize(run_dir, ["--data", "name=webdataset", "--data", f"pattern={cfg['pattern']}"], out) == 2
+    captured = capsys.readouterr()
+    assert "skipped: ImageDecodeError x2, NoTextError x1, undecodable x1" in captured.out
+    assert captured.err.splitlines()[-1].startswith(f"error: nothing written to {out}: all 4 records were skipped")
+    assert sorted(os.listdir(out)) == ["summary-h0000.json"]   # no empty shards, no tokenizer.json
+    summary = json.loads((out / "summary-h0000.json").read_text())
+    assert summary["skipped"] == {"ImageDecodeError": 2, "NoTextError": 1, "undecodable": 1}
+
+    (tmp_path / "empty").mkdir()
+    cw.write_webdataset(str(tmp_path / "empty" / "00000.tar"), [])
+    status = tokenize(run_dir, ["--data", "name=webdataset", "--data", f"pattern={tmp_path / 'empty' / '*.tar'}"],
+                      tmp_path / "ids_empty")
+    assert status == 2 and capsys.readouterr().err.splitlines()[-1].startswith("error: ")
+
+
+def test_captionless_records_are_skipped_and_counted_unless_no_text_field_is_asked(run_dir, tmp_path, capsys):
+    samples = shape_samples(6, resolution=24)
+    del samples[1]["caption"], samples[4]["caption"]
+    cfg = write_corpus("webdataset", str(tmp_path / "wds"), samples, shards=2)
+    data = ["--data", "name=webdataset", "--data", f"pattern={cfg['pattern']}"]
+    assert tokenize(run_dir, data, tmp_path / "ids") == 0
+    assert "skipped: NoTextError x2" in capsys.readouterr().out
+    assert [r["key"] for r in read_shards(tmp_path / "ids")] == [samples[i]["key"] for i in (0, 2, 3, 5)]
+    assert json.loads((tmp_path / "ids" / "summary-h0000.json").read_text())["skipped"] == {"NoTextError": 2}
+    assert tokenize(run_dir, data, tmp_path / "all", "--text_fields", "") == 0
+    assert len(read_shards(tmp_path / "all")) == 6

@@ -8,7 +8,8 @@ Show-o also reports what a shuffled read from parquet image shards costs (img2da
 
 Reported: records/s per worker count (wall clock, on whatever cores the machine has), the CPU seconds one record
 costs (process CPU time of the 0-worker run, all its threads), the records/s one accelerator consumes (`DEMAND`,
-from the GPU step times) and the host cores one accelerator needs: demand x CPU seconds per record. The CPU
+from the GPU step times) and the host cores one accelerator needs: demand x CPU seconds per record; the same
+for a whole host (`HOSTS`: 8 H200s, or 4 v5e chips scaled from the H200 step by peak FLOP/s). The CPU
 time is what the work costs wherever it runs, so it stays meaningful on a busy machine where wall-clock rates
 do not. Text is tokenized byte-level (no tokenizer files needed; a BPE tokenizer costs more per character).
 """
@@ -59,6 +60,25 @@ DEMAND = {
     "showo": Demand(1, 0.20, "showo_256, one bundle per device per step: 229.7 ms measured on one H200 for the "
                              "29-row stage-1 bundle (docs/benchmarks.md); 0.20 s rounds it down (stage 2's 24 "
                              "rows are lighter), i.e. 5 bundles/s"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """A training host: `accelerators` of `speed` times one H200's step rate (the DEMAND figures are H200's)."""
+
+    accelerators: int
+    speed: float
+    source: str
+
+
+# A v5e chip has no step time in docs/benchmarks.md yet: its rate is scaled from the H200 step by peak bf16 FLOP/s
+# (197 vs 989 TFLOP/s), i.e. the same MFU assumed. A v5e host (ct5lp-hightpu-4t, the hosts of v5e-16 and larger
+# slices) holds 4 chips; an H200 host 8 GPUs.
+HOSTS = {
+    "h200_x8": Host(8, 1.0, "8 H200 GPUs, each at the measured H200 step time"),
+    "v5e_x4": Host(4, 197 / 989, "4 v5e chips, each at 197/989 of the H200 step rate (peak bf16 ratio, same MFU; "
+                                 "no v5e step time measured)"),
 }
 
 
@@ -179,6 +199,10 @@ def report(demand: Demand, rates: dict[int, dict[str, float]], **extra: Any) -> 
     out.update(cpu_ms_per_record=round(1e3 * cpu, 1), demand_records_per_s=round(demand.records_per_s, 2),
                cores_per_accelerator=round(demand.records_per_s * cpu, 2), demand_source=demand.source,
                host_cores=os.cpu_count(), load_average=round(os.getloadavg()[0], 2),
+               **{f"demand_records_per_s_{name}": round(host.accelerators * host.speed * demand.records_per_s, 2)
+                  for name, host in HOSTS.items()},
+               **{f"cores_{name}": round(host.accelerators * host.speed * demand.records_per_s * cpu, 2)
+                  for name, host in HOSTS.items()},
                skipped=sum(r["skipped"] for r in rates.values()), **extra)
     return out
 

@@ -24,3 +24,11 @@ def test_tiny_workloads_preprocess_every_record(name):
     assert result["cores_per_accelerator"] == pytest.approx(
         result["demand_records_per_s"] * result["cpu_ms_per_record"] / 1e3, rel=0.05, abs=0.01)
     assert result["skipped"] == 0
+
+
+def test_host_demand_is_accelerators_times_their_rate():
+    rates = {0: {"records_per_s": 10.0, "cpu_s_per_record": 0.02, "skipped": 0}}
+    row = bench.report(bench.Demand(4, 0.25, "test"), rates)   # 16 records/s per H200
+    assert row["demand_records_per_s_h200_x8"] == 128.0 and row["cores_h200_x8"] == 2.56
+    assert row["demand_records_per_s_v5e_x4"] == pytest.approx(4 * 16 * 197 / 989, abs=0.01)
+    assert row["cores_v5e_x4"] == pytest.approx(4 * 16 * 197 / 989 * 0.02, abs=0.01)
