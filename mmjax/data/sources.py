@@ -39,9 +39,53 @@ class DataError(ValueError):
     """A data set that cannot be opened; the message names the data set, split or file."""
 
 
+class NoCaptionError(ValueError):
+    """A record without the caption (text) a task needs; skipped and counted under this name."""
+
+
 class NoImageError(ValueError):
     """A record without an image where one is needed (e.g. LLaVA's text-only conversations); skipped and counted
     under this name."""
+
+
+GLOB_CHARS = "*?["
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The longest leading folder of `pattern` that exists as written ("" if none does)."""
+    folder = os.path.dirname(pattern)
+    while folder and not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return ""
+        folder = parent
+    return folder
+
+
+def match_files(pattern: str, what: str, skip_suffix: str = "") -> list[str]:
+    """The files a data option names, sorted: an existing file as it is (even with `[` or `*` in its name), else
+    the glob's matches. A folder whose name holds glob characters (`runs/[2024]/*.tar`) is matched literally when
+    it exists. A folder given instead of files, and a pattern that matches no file, raise DataError naming it.
+    `what` names the option in messages (e.g. "webdataset shards"); names ending in `skip_suffix` are left out."""
+    if not pattern:
+        raise DataError(f"no path given for the {what}")
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        raise DataError(f"{pattern!r} is a folder; the {what} option wants files: a glob such as "
+                        f"{os.path.join(pattern, '*')!r} or one file")
+    if os.path.isfile(pattern):
+        return [pattern]
+    prefix = _literal_prefix(pattern)
+    paths = []
+    if any(c in prefix for c in GLOB_CHARS):   # an existing folder named like a glob: take its name literally
+        paths = glob.glob(glob.escape(prefix) + pattern[len(prefix):])
+    paths = paths or glob.glob(pattern)
+    paths = sorted(p for p in paths if os.path.isfile(p) and not (skip_suffix and p.endswith(skip_suffix)))
+    if not paths:
+        where = (f"the folder {prefix!r} exists but holds no match" if prefix
+                 else "no folder of it exists")
+        raise DataError(f"no {what} match {pattern!r} ({where})")
+    return paths
 
 
 class DigitsSource:
@@ -98,9 +142,7 @@ class ArrayRecordSource:
     def __init__(self, pattern: str):
         from grain.sources import ArrayRecordDataSource
 
-        paths = sorted(glob.glob(pattern))
-        if not paths:
-            raise DataError(f"no ArrayRecord files match {pattern!r}")
+        paths = match_files(pattern, "ArrayRecord files")
         self.paths = paths
         self._source = ArrayRecordDataSource(paths)
 
