@@ -82,8 +82,10 @@ def match_files(pattern: str, what: str, skip_suffix: str = "") -> list[str]:
     paths = paths or glob.glob(pattern)
     paths = sorted(p for p in paths if os.path.isfile(p) and not (skip_suffix and p.endswith(skip_suffix)))
     if not paths:
-        where = (f"the folder {prefix!r} exists but holds no match" if prefix
-                 else "no folder of it exists")
+        folder = os.path.dirname(pattern) or "."
+        where = (f"the folder {folder!r} holds no match" if os.path.isdir(folder)
+                 else f"no folder matches {folder!r}" if any(c in folder for c in GLOB_CHARS)
+                 else f"the folder {folder!r} does not exist")
         raise DataError(f"no {what} match {pattern!r} ({where})")
     return paths
 

@@ -73,6 +73,9 @@ class LlavaTask(Task):
         if self.image_cfg.patch_size != self.model_cfg.patch_size:
             raise ValueError(f"config.image.patch_size {self.image_cfg.patch_size} != the tower's "
                              f"{self.model_cfg.patch_size}")
+        train = config.data.get("train")
+        if train is not None and train.get("name") == "llava_json" and not train.get("json"):
+            self.source("train")   # refuses the missing file now, before the model is traced
         self._embed = jax.jit(lambda p, ids, pix, idx, w: self.model.apply(
             {"params": p}, ids, pix, idx, w, method=Llava.embed))
 
