@@ -4,10 +4,12 @@ A task supplies a random-access source and `preprocess(record, rng) -> dict of n
 `np.random.Generator` during training and None during evaluation). Records that fail are skipped and counted by
 reason, never silently lost: the reason is the class name of the exception `preprocess` raised, "undecodable" for a
 source that returned None, "rejected" for `preprocess` returning None. The first few skips of each reason are
-logged with their message, then every `LOG_EVERY`-th with the running count.
+logged with their message, prefixed by where the record comes from (`record_where`: shard / file and key / row),
+then every `LOG_EVERY`-th with the running count.
 
 A training pipeline that skips nearly everything would spin forever, so it stops with `DataStarvedError`, naming
-the reasons, once the `StarvationLimits` are exceeded. Skips are counted where records are processed (grain's
+the reasons with an example record each, once the `StarvationLimits` are exceeded (early: more than half of about
+the first 100 records). An empty source is refused before the pipeline starts. Skips are counted where records are processed (grain's
 threads, or with `worker_count > 0` each worker process in its own copy of the counter), so every batch carries
 the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to the trainer's counter: the
 counts reach the trainer in both modes.

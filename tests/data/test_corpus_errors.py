@@ -189,3 +189,14 @@ def test_skips_name_the_shard_and_key_and_captionless_records_are_counted(tmp_pa
     assert f"NoCaptionError: {shard} sample '0000002': the record has no caption" in caplog.text
     assert "<bytes>" not in caplog.text and np.bytes_ is not None
     assert CORRUPT_JPEG not in caplog.text.encode()
+
+
+def test_the_console_train_line_carries_the_per_reason_counts(tmp_path, caplog):
+    from mmjax.train.metrics_writer import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path), 10, tensorboard=False)
+    with caplog.at_level(logging.INFO):
+        writer.write(5, "train", {"loss": 1.0, "skipped_records": 3, "skipped/ImageDecodeError": 2,
+                                  "skipped/NoCaptionError": 1})
+    writer.close()
+    assert "step 5/10, loss 1, skipped 3 records (ImageDecodeError=2 NoCaptionError=1)" in caplog.text
