@@ -200,3 +200,12 @@ def test_the_console_train_line_carries_the_per_reason_counts(tmp_path, caplog):
                                   "skipped/NoCaptionError": 1})
     writer.close()
     assert "step 5/10, loss 1, skipped 3 records (ImageDecodeError=2 NoCaptionError=1)" in caplog.text
+
+
+def test_a_corpus_of_only_bad_images_is_one_line_naming_a_record(capsys, tmp_path, no_compile):
+    samples = shape_samples(5, corrupt=tuple(range(5)))
+    section = write_corpus("webdataset", str(tmp_path / "w"), samples, shards=1)
+    line = train_error(capsys, tmp_path, f"{VQ},data=webdataset,corpus={section['pattern']}")
+    shard = section["pattern"].replace("*", "00000")
+    assert line.startswith(f"error: none of the first 5 records of config.data.train can be used, e.g. {shard} "
+                           f"sample '0000000': ImageDecodeError: cannot decode image \"{shard} sample '0000000'\"")

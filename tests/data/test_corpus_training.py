@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -34,6 +35,20 @@ TASKS = {
 DEFAULT_CASES = {("webdataset", "vq"), ("parquet", "vit"), ("imagefolder", "vit"), ("jsonl", "llava"),
                  ("arrayrecord", "vq"), ("llava_json", "llava")}
 MATRIX = [(kind, task) for kind in CORPUS_KINDS for task in TASKS if kind != "llava_json" or task == "llava"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compiles(tmp_path_factory):
+    """A persistent compilation cache for this module: the cases of one task compile the same programs (the
+    corpus changes, not the shapes), so only each task's first case pays for XLA."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {name: getattr(jax.config, name) for name in names}
+    for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, -1)):
+        jax.config.update(name, value)
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
 
 
 def corpus_arg(section: dict) -> str:

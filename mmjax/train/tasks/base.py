@@ -95,8 +95,19 @@ class Task:
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
-        record = self.preprocess(self.source("train")[0], None)
-        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
+        source, reasons = self.source("train"), []
+        for i in range(min(len(source), self.FIELD_CHECK_RECORDS)):
+            record = source[i]
+            try:
+                example = self.preprocess(record, None) if record is not None else None
+            except Exception as e:  # the pipeline skips such records; here only a usable one is wanted
+                reasons.append(f"{pipeline.record_where(record) or f'record {i}'}: {type(e).__name__}: {e}")
+                continue
+            if example is not None:
+                return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}
+            reasons.append(f"record {i}: unreadable or rejected")
+        raise DataError(f"none of the first {len(reasons)} records of config.data.train can be used, e.g. "
+                        f"{reasons[0][:300] if reasons else 'none'}")
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """A batch of the training shapes with realistic random content (ids within their vocabularies, lengths
