@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from mmjax import configlib
 from mmjax.data.images import decode_image
@@ -40,15 +41,18 @@ MATRIX = [(kind, task) for kind in CORPUS_KINDS for task in TASKS if kind != "ll
 @pytest.fixture(scope="module", autouse=True)
 def shared_compiles(tmp_path_factory):
     """A persistent compilation cache for this module: the cases of one task compile the same programs (the
-    corpus changes, not the shapes), so only each task's first case pays for XLA."""
+    corpus changes, not the shapes), so only each task's first case pays for XLA. JAX decides once per process
+    whether it uses a cache, so the cache is reset on the way in and out: the rest of the suite runs as before."""
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     before = {name: getattr(jax.config, name) for name in names}
     for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, -1)):
         jax.config.update(name, value)
+    compilation_cache.reset_cache()
     yield
     for name, value in before.items():
         jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def corpus_arg(section: dict) -> str:
