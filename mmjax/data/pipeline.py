@@ -9,10 +9,10 @@ then every `LOG_EVERY`-th with the running count.
 
 A training pipeline that skips nearly everything would spin forever, so it stops with `DataStarvedError`, naming
 the reasons with an example record each, once the `StarvationLimits` are exceeded (early: more than half of about
-the first 100 records). An empty source is refused before the pipeline starts. Skips are counted where records are processed (grain's
-threads, or with `worker_count > 0` each worker process in its own copy of the counter), so every batch carries
-the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to the trainer's counter: the
-counts reach the trainer in both modes.
+the first 100 records). An empty source is refused before the pipeline starts. Skips are counted where records
+are processed (grain's threads, or with `worker_count > 0` each worker process in its own copy of the counter),
+so every batch carries the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to
+the trainer's counter: the counts reach the trainer in both modes.
 """
 
 from __future__ import annotations

@@ -209,3 +209,17 @@ def test_a_corpus_of_only_bad_images_is_one_line_naming_a_record(capsys, tmp_pat
     shard = section["pattern"].replace("*", "00000")
     assert line.startswith(f"error: none of the first 5 records of config.data.train can be used, e.g. {shard} "
                            f"sample '0000000': ImageDecodeError: cannot decode image \"{shard} sample '0000000'\"")
+
+
+def test_corpus_sections_list_every_option_of_their_source():
+    """`corpus_section` holds each source's options at their defaults: the same names the source accepts."""
+    import importlib
+
+    from mmjax.data import sources, webdataset
+
+    for kind in ("webdataset", "parquet", "imagefolder", "jsonl"):
+        assert set(sources.CORPUS_OPTIONS[kind]) == set(importlib.import_module(f"mmjax.data.{kind}").OPTIONS)
+    assert sources.CORPUS_OPTIONS["webdataset"]["image_exts"] == webdataset.IMAGE_EXTS
+    for kind in sources.CORPUS_OPTIONS:   # each builds a section that opens (here: refuses a missing corpus)
+        with pytest.raises(DataError):
+            make_source(sources.corpus_section(kind, "/nonexistent/x"))
