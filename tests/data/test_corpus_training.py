@@ -96,3 +96,17 @@ def test_a_good_corpus_of_each_source_trains_each_image_task(kind, task, tmp_pat
     assert train["step"] == 2 and math.isfinite(train["loss"])
     assert train["skipped_records"] == 0 and final["skipped_records"] == 0
     assert os.path.isdir(tmp_path / "run" / "checkpoints")
+
+
+def test_the_lm_config_reads_a_text_corpus_with_one_argument(tmp_path):
+    from mmjax.train.tasks.lm import LMTask
+
+    texts = [f"document {i} about {'red' if i % 2 else 'blue'} shapes" for i in range(30)]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
+    config = configlib.apply_overrides(
+        configlib.load_config_file(f"configs/lm/tiny.py:data=jsonl,corpus={tmp_path}/*.jsonl"),
+        ["data.train.text_field=content", "data.eval.text_field=content"])
+    task = LMTask(config)
+    group = task.source("train")[0]["texts"]
+    assert list(group) == texts[: config.packing.docs_per_group]
+    assert task.source("eval")[1]["texts"][0] == texts[config.packing.docs_per_group]
