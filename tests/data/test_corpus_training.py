@@ -26,11 +26,11 @@ from tests.data.corpora import CORPUS_KINDS, shape_samples, write_corpus
 # task -> (config file, its variant arg, overrides): two steps of batch 4, evaluation on 4 records
 TASKS = {
     "vit": ("configs/vit/digits.py", "steps=2,size=8,classes=4",
-            ("batch_size=4", "eval_batch_size=4")),
+            ("batch_size=4", "eval_batch_size=4", "optim.warmup_steps=1")),
     "vq": ("configs/vq/tiny.py", "size=16,tokens=4,ch=8,bits=6,steps=2,batch=4",
-           ("eval_batch_size=4", "eval.max_examples=4", "eval.grid_images=0")),
+           ("eval_batch_size=4", "eval.max_examples=4", "eval.grid_images=0", "optim.warmup_steps=1")),
     "llava": ("configs/llava/tiny.py", "stage=1,steps=2",
-              ("batch_size=4", "eval_batch_size=4", "eval.num_examples=4")),
+              ("batch_size=4", "eval_batch_size=4", "eval.num_examples=4", "optim.warmup_steps=1")),
 }
 # the default suite's cases: every source once, every task at least once
 DEFAULT_CASES = {("webdataset", "vq"), ("parquet", "vit"), ("imagefolder", "vit"), ("jsonl", "llava"),
