@@ -8,6 +8,10 @@ vision tower and LM are frozen). Stage 2 (instruction tuning) starts from stage 
 `pretrained_variables`) and answers questions ("What color is the shape?", "Is there a blue square?") with the
 `chatml` template; projector and LM learn, and, because this tower is random rather than CLIP-pretrained, the
 tower too at half the learning rate (`optim.lr_mult`, the LLaVA-NeXT way).
+Your data: configs/llava/tiny.py:stage=1,data=webdataset,corpus=/data/shards/*.tar   (image-caption corpora:
+           data=webdataset | parquet | imagefolder | jsonl | arrayrecord, captions as stage 1 trains them);
+           configs/llava/tiny.py:data=llava_json,corpus=/data/chat.json,images=/data/images   (LLaVA conversations,
+           either stage); eval_corpus= a held-out one, else the training corpus's first 300 records.
 Hardware:  2 CPU cores, a few minutes for both stages (docs/llava.md has the measured times).
 Expected:  stage 2 `vqa_accuracy` >= 0.90 on 300 held-out scenes/questions (exact match of greedy answers).
 """
@@ -15,11 +19,12 @@ Expected:  stage 2 `vqa_accuracy` >= 0.90 on 300 held-out scenes/questions (exac
 import ml_collections
 
 from mmjax.configlib import parse_arg
+from mmjax.data.sources import corpus_splits
 from mmjax.train.tasks.llava import base_config, warmup
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, stage=2, steps=0, init="")
+    arg = parse_arg(arg, stage=2, steps=0, init="", data="shapes", corpus="", eval_corpus="", images="")
     stage = arg.stage
     steps = arg.steps or (300 if stage == 1 else 600)
     c = base_config(stage, batch_size=32, total_steps=steps, log_every=50, checkpoint_every=steps, eval_every=0)
@@ -32,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   max_len=48 if stage == 1 else 128, image_first=False)
     c.data.train = ml_collections.ConfigDict(dict(name="shapes", num_records=50_000, seed=0, resolution=32))
     c.data.eval = ml_collections.ConfigDict(dict(name="shapes", num_records=300, seed=1, resolution=32))
+    if arg.data != "shapes":
+        images = {"images": arg.images} if arg.images else {}
+        c.data.train, c.data.eval = corpus_splits(arg.data, arg.corpus, arg.eval_corpus, **images)
     c.eval.update(num_examples=300, max_new_tokens=12)
     c.eval_batch_size = 100
     c.init.workdir = arg.init

@@ -5,6 +5,9 @@ Variants:  configs/vq/tiny.py:tokens=4          4x4 ids (factor 8), for the Show
            configs/vq/tiny.py:tokens=8,bits=10  8x8 ids, 2^10 codes
            configs/vq/tiny.py:steps=3000,ch=32
            configs/vq/tiny.py:size=16,tokens=4,ch=8   (the test suite's 16x16 version)
+Your data: configs/vq/tiny.py:data=webdataset,corpus=/data/shards/*.tar   (any image corpus: data=webdataset |
+           parquet | imagefolder | jsonl | arrayrecord; corpus= its glob or folder; eval_corpus= a held-out one,
+           else the first 1,024 records of the training corpus; options: --config.data.train.<option>=...)
 Token grid and codebook (what a Show-o config must use):
            tokens=8 (default): ids (8, 8) per 32x32 image, factor 4, codebook 2^bits = 2^10 = 1024 codes (MSB first)
            tokens=4:           ids (4, 4) per 32x32 image, factor 8, codebook 2^bits (bits defaults to 10 too)
@@ -23,6 +26,7 @@ Losses:    L1 + L2 + LFQ commit/entropy only: the perceptual loss is OFF (`loss.
 import ml_collections
 
 from mmjax.configlib import parse_arg
+from mmjax.data.sources import corpus_splits
 from mmjax.train.defaults import trainer_config
 
 
@@ -41,13 +45,16 @@ def tokenizer_model(tokens: int, bits: int, ch: int, image_size: int = 32) -> ml
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, tokens=8, bits=10, ch=16, steps=1200, batch=32, size=32)
+    arg = parse_arg(arg, tokens=8, bits=10, ch=16, steps=1200, batch=32, size=32, data="shapes", corpus="",
+                    eval_corpus="")
     c = trainer_config(task="vq", batch_size=arg.batch, total_steps=arg.steps, log_every=100,
                        checkpoint_every=arg.steps, eval_every=0, eval_batch_size=128, ema_decay=0.99)
     c.image_size = arg.size
     c.augment = ml_collections.ConfigDict(dict(flip=False, random_crop=False))
     c.data.train = ml_collections.ConfigDict(dict(name="shapes", resolution=arg.size, num_records=20_000, seed=0))
     c.data.eval = ml_collections.ConfigDict(dict(name="shapes", resolution=arg.size, num_records=1024, seed=1))
+    if arg.data != "shapes":
+        c.data.train, c.data.eval = corpus_splits(arg.data, arg.corpus, arg.eval_corpus)
     c.model = tokenizer_model(arg.tokens, arg.bits, arg.ch, arg.size)
     c.loss = ml_collections.ConfigDict(dict(
         l1_weight=1.0, l2_weight=1.0,
@@ -55,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         adv_weight=0.0, adv_start=0, disc_weight=1.0, adaptive_weight=True, adaptive_weight_max=1e4,
         lecam_weight=0.0, lecam_decay=0.999))
     c.discriminator = ml_collections.ConfigDict(dict(kind="patch", ch=16, num_layers=2))
-    c.eval = ml_collections.ConfigDict(dict(max_examples=0, grid_images=16, inception_path=""))
+    c.eval = ml_collections.ConfigDict(dict(max_examples=0 if arg.data == "shapes" else 1024, grid_images=16,
+                                            inception_path=""))
     c.pretrained = ml_collections.ConfigDict(dict(path="", format="mmjax"))
     c.optim.update(name="adamw", lr=5e-3, b1=0.9, b2=0.99, weight_decay=1e-4, warmup_steps=50, schedule="cosine",
                    end_lr_frac=0.05, clip_norm=1.0)

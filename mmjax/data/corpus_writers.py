@@ -32,7 +32,8 @@ def image_ext(data: bytes) -> str:
 
 
 def write_webdataset(path: str, samples: Iterable[dict[str, Any]]) -> int:
-    """One uncompressed tar shard: `<key>.jpg|png` + `<key>.txt` + `<key>.json` per sample, in order."""
+    """One uncompressed tar shard: `<key>.jpg|png` + `<key>.txt` + `<key>.json` (+ `<key>.cls` for a sample with a
+    `label`) per sample, in order."""
     n = 0
     with tarfile.open(path, "w") as tar:
         for sample in samples:
@@ -42,6 +43,8 @@ def write_webdataset(path: str, samples: Iterable[dict[str, Any]]) -> int:
             if "caption" in sample:
                 members.append(("txt", sample["caption"].encode()))
                 members.append(("json", json.dumps({"key": sample["key"], "caption": sample["caption"]}).encode()))
+            if "label" in sample:
+                members.append(("cls", str(sample["label"]).encode()))
             for ext, data in members:
                 info = tarfile.TarInfo(f"{sample['key']}.{ext}")
                 info.size = len(data)
@@ -51,29 +54,37 @@ def write_webdataset(path: str, samples: Iterable[dict[str, Any]]) -> int:
 
 
 def write_parquet(path: str, samples: Sequence[dict[str, Any]], row_group_size: int = 256) -> int:
-    """One parquet file with img2dataset's columns: `key`, `jpg` (bytes), `caption` (null when missing)."""
+    """One parquet file with img2dataset's columns: `key`, `jpg` (bytes), `caption` (null when missing), and
+    `label` when the samples have labels."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"key": [s["key"] for s in samples],
-                      "jpg": pa.array([s.get("image") for s in samples], pa.binary()),
-                      "caption": pa.array([s.get("caption") for s in samples], pa.string())})
+    columns = {"key": [s["key"] for s in samples],
+               "jpg": pa.array([s.get("image") for s in samples], pa.binary()),
+               "caption": pa.array([s.get("caption") for s in samples], pa.string())}
+    if any("label" in s for s in samples):
+        columns["label"] = pa.array([s.get("label") for s in samples], pa.int64())
+    table = pa.table(columns)
     pq.write_table(table, path, row_group_size=row_group_size)
     return len(samples)
 
 
 def write_imagefolder(root: str, samples: Iterable[dict[str, Any]], captions: str = "jsonl") -> int:
     """Images `<key>.jpg|png` under root with captions in `metadata.jsonl` (file_name, caption) or in `.txt`
-    sidecars (`captions="sidecar"`)."""
+    sidecars (`captions="sidecar"`); `captions="classes"`: sidecars, each image in the sub-folder of its class
+    (`class<label>/`, ImageNet's layout)."""
     os.makedirs(root, exist_ok=True)
     lines, n = [], 0
     for sample in samples:
         name = f"{sample['key']}.{image_ext(sample.get('image', b''))}"
+        if captions == "classes":
+            os.makedirs(os.path.join(root, f"class{sample['label']}"), exist_ok=True)
+            name = os.path.join(f"class{sample['label']}", name)
         if "image" in sample:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(sample["image"])
-        if captions == "sidecar" and "caption" in sample:
-            with open(os.path.join(root, f"{sample['key']}.txt"), "w") as f:
+        if captions in ("sidecar", "classes") and "caption" in sample:
+            with open(os.path.join(root, os.path.splitext(name)[0] + ".txt"), "w") as f:
                 f.write(sample["caption"])
         lines.append(json.dumps({"file_name": name, **({"caption": sample["caption"]} if "caption" in sample
                                                         else {})}))

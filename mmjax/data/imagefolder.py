@@ -5,7 +5,10 @@ Captions come from one of:
       one {"<file_field>": path relative to root, "<caption_field>": str} per line; records in line order;
   sidecar files: every image under `root` (recursively, sorted by path) with the text of `<stem>.txt` beside it
       (an image without one gives a record without a caption).
-Records are {"image": the file's encoded bytes, "caption": str, "path": path relative to root}; images are decoded
+Records are {"image": the file's encoded bytes, "caption": str, "path": path relative to root, "where": the file
+(and captions line)}; in sidecar mode, when every image lies in a first-level sub-folder (ImageNet's
+`train/<class>/*.JPEG`), also "label" (the index of its folder among the sorted folder names) and "class" (the
+folder name), so classification trains from such a folder directly. Images are decoded
 by the consumer's preprocessing, so a corrupt file is skipped and counted there (`ImageDecodeError`). A missing or
 unreadable file, and a JSONL line that is not an object with a string file field, come back as None (logged with
 the file and line, counted by the pipeline as "undecodable").
@@ -66,11 +69,23 @@ def jsonl_entries(path: str, file_field: str, caption_field: str) -> list[Entry]
     return entries
 
 
-class ImageFolder:
-    """Records of (image file, caption) entries under one root; see the module."""
+def class_folders(entries: list[Entry]) -> tuple[str, ...]:
+    """The sorted first-level folder names when every image lies in one (ImageNet's `train/<class>/*.JPEG`
+    layout), else ()."""
+    tops = {e.name.split(os.sep, 1)[0] for e in entries if os.sep in e.name}
+    if not entries or any(os.sep not in e.name for e in entries):
+        return ()
+    return tuple(sorted(tops))
 
-    def __init__(self, root: str, entries: list[Entry], sidecars: bool):
+
+class ImageFolder:
+    """Records of (image file, caption) entries under one root; see the module. `classes`: the class folder
+    names, in label order (empty without class folders)."""
+
+    def __init__(self, root: str, entries: list[Entry], sidecars: bool, classes: tuple[str, ...] = ()):
         self.root, self.entries, self.sidecars = root, entries, sidecars
+        self.classes = classes
+        self._label = {name: i for i, name in enumerate(classes)}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -83,7 +98,10 @@ class ImageFolder:
         path = os.path.join(self.root, name)
         try:
             with open(path, "rb") as f:
-                record: dict[str, Any] = {"image": f.read(), "path": name}
+                record: dict[str, Any] = {"image": f.read(), "path": name, "where": where}
+            if self.classes:
+                folder = name.split(os.sep, 1)[0]
+                record["label"], record["class"] = self._label[folder], folder
             if self.sidecars:
                 text = os.path.splitext(path)[0] + ".txt"
                 if os.path.isfile(text):
@@ -116,4 +134,5 @@ def from_config(cfg: dict[str, Any]) -> HostStrided:
                         + (f" listed in {captions}" if captions else ""))
     index, count = host_share(cfg.get("host_index", -1), cfg.get("host_count", -1))
     own = own_shards(entries, index, count, f"imagefolder {root!r}")
-    return HostStrided(ImageFolder(root, own, sidecars=not captions), index, count)
+    classes = () if captions else class_folders(entries)   # from all entries: every host numbers them alike
+    return HostStrided(ImageFolder(root, own, sidecars=not captions, classes=classes), index, count)

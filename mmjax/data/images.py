@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mmjax.layout import anyres
 
@@ -57,25 +58,59 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(source: bytes | str | os.PathLike, name: str | None = None,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decodes encoded bytes or a file path to an ``(H, W, 3)`` uint8 RGB array (see :func:`_to_rgb`; no EXIF
-    rotation, like the reference).
+def _array_to_rgb(image: np.ndarray, label: str) -> np.ndarray:
+    """A decoded image array (bool, float in [0, 1] or uint8; (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)) ->
+    uint8 (H, W, 3): grey replicated, alpha dropped, floats scaled by 255 and rounded."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4) or not min(image.shape[:2]):
+        raise ImageDecodeError(f"image {label!r} is an array of shape {image.shape}; expected (H, W), "
+                               "(H, W, 1), (H, W, 3) or (H, W, 4)")
+    if image.dtype.kind not in "biuf":
+        raise ImageDecodeError(f"image {label!r} is an array of dtype {image.dtype}, not numbers")
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image[..., :3])
 
-    An image of more than ``max_pixels`` pixels raises :class:`ImageTooLargeError` after reading only its
-    header; any other failure, including a missing file or truncated data, raises :class:`ImageDecodeError`.
-    Both name ``name`` or the path.
+
+def _encoded(source: Any) -> bytes | str | None:
+    """The encoded bytes or path inside a record value: bytes, `np.bytes_`, a 0-d bytes / object array (what
+    tfds, msgpack or a batched numpy record hold), a str or os.PathLike path; None for a pixel array."""
+    if isinstance(source, np.ndarray) and source.ndim == 0 and source.dtype.kind in "SOU":
+        source = source.item()
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return None
+
+
+def decode_image(source: Any, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """THE image input of every task: a record's image value -> ``(H, W, 3)`` uint8 RGB.
+
+    ``source`` is encoded bytes (JPEG, PNG, WebP, GIF (its first frame), BMP, TIFF; also as ``np.bytes_`` or a
+    0-d bytes array), a file path, or a pixel array (see :func:`_array_to_rgb`). Encoded images are turned
+    upright by their EXIF orientation, then converted as :func:`_to_rgb` says (16-bit, CMYK, palette with
+    transparency, grey). An image of more than ``max_pixels`` pixels raises :class:`ImageTooLargeError` after
+    reading only its header; anything else that cannot be read (a missing file, truncated or foreign data, an
+    array of the wrong shape) raises :class:`ImageDecodeError`. Both name ``name`` (the record: shard / file and
+    key / row) or the path, never the bytes.
     """
-    is_bytes = isinstance(source, bytes | bytearray | memoryview)
-    label = name or ("<bytes>" if is_bytes else os.fspath(source))
+    encoded = _encoded(source)
+    if encoded is None:
+        array = np.asarray(source)
+        return _array_to_rgb(array, name or f"array {array.shape}")
+    label = name or (encoded if isinstance(encoded, str) else f"<{len(encoded)} bytes>")
     try:
-        fp = io.BytesIO(source) if is_bytes else os.fspath(source)
+        fp = io.BytesIO(encoded) if isinstance(encoded, bytes) else encoded
         with Image.open(fp) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(f"image {label!r} is {width}x{height} = {width * height} pixels, over "
                                          f"the limit of {max_pixels}")
-            return _to_rgb(img)
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")   # PIL warns when palette transparency meets convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(img))
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:

@@ -9,7 +9,6 @@ counted by the pipeline as "undecodable").
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -18,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from mmjax import configlib
-from mmjax.data.sources import DataError
+from mmjax.data.sources import DataError, match_files
 
 log = logging.getLogger(__name__)
+OPTIONS = ("pattern", "image_field", "images")
 
 
 def line_spans(path: str, chunk_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +41,7 @@ class JsonlLines:
     """The non-empty lines of the files matching a glob (sorted), by global index."""
 
     def __init__(self, pattern: str):
-        self.paths = sorted(glob.glob(pattern))
-        if not self.paths:
-            raise DataError(f"no JSONL files match {pattern!r}")
+        self.paths = match_files(pattern, "JSONL files")
         spans = [line_spans(p) for p in self.paths]
         self._file = np.concatenate([np.full(len(s), i, np.int32) for i, (s, _) in enumerate(spans)])
         self._start = np.concatenate([s for s, _ in spans])
@@ -65,10 +63,14 @@ class JsonlLines:
 
 
 class JsonlRecords:
-    """Record i = the JSON object on line i, or None when the line is not one (logged)."""
+    """Record i = the JSON object on line i, or None when the line is not one (logged), with "where" (file and
+    byte offset) added. A string in `image_field` is an image path: relative ones are resolved against `images`,
+    by default the JSONL file's own folder, so the record's image reaches `mmjax.data.images.decode_image` as a
+    path it can open."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, image_field: str = "image", images: str = ""):
         self.lines = JsonlLines(pattern)
+        self.image_field, self.images = image_field, images
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -78,6 +80,11 @@ class JsonlRecords:
             record = json.loads(self.lines.line(index))
             if not isinstance(record, dict):
                 raise TypeError(f"the line is a JSON {type(record).__name__}, not an object")
+            record.setdefault("where", self.lines.where(index))
+            path = record.get(self.image_field)
+            if isinstance(path, str):
+                root = self.images or os.path.dirname(self.lines.paths[int(self.lines._file[index])])
+                record[self.image_field] = os.path.join(root, os.path.expanduser(path))
             return record
         except (ValueError, TypeError) as e:
             log.warning("skipping a bad JSONL line (%s): %s: %s", self.lines.where(index), type(e).__name__, e)
@@ -85,8 +92,9 @@ class JsonlRecords:
 
 
 def from_config(cfg: dict[str, Any]) -> JsonlRecords:
-    """`config.data.<split>` = {name: "jsonl", pattern}."""
-    configlib.check_known(cfg, ("pattern",), "data.<split> (jsonl source)")
+    """`config.data.<split>` = {name: "jsonl", pattern, image_field ("image"), images (folder of relative image
+    paths; "": each JSONL file's folder)}."""
+    configlib.check_known(cfg, OPTIONS, "data.<split> (jsonl source)")
     if not cfg.get("pattern"):
         raise DataError("the jsonl source needs `pattern`, a glob of .jsonl files")
-    return JsonlRecords(cfg["pattern"])
+    return JsonlRecords(cfg["pattern"], cfg.get("image_field") or "image", cfg.get("images") or "")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -45,11 +46,14 @@ from mmjax.data.conversation import (
     move_image_first,
     tokenize_conversation,
 )
+from mmjax.data.sources import DataError
 from mmjax.data.text import Tokenizer
 from mmjax.layout.anyres import CLIP_MEAN_RGB, AnyResLayout, anyres_token_layout, grid_pinpoints
 from mmjax.layout.token_maps import TokenMap, anyres_map, base_map, place_maps, video_map
 
 log = logging.getLogger(__name__)
+RECORD_FIELDS = ("id", "image", "conversations")
+FIELD_CHECK_RECORDS = 100   # records whose field names are checked when a LLaVA JSON opens
 IMAGE_MODES = ("llava1", "pad", "squash", "anyres")
 
 
@@ -95,9 +99,32 @@ class LlavaJsonSource:
                 else:
                     self.records = json.load(f)
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read LLaVA JSON {self.json_path!r}: {e}") from e
+            reason = "no such file" if isinstance(e, FileNotFoundError) else f"{type(e).__name__}: {e}"
+            raise DataError(f"cannot read LLaVA JSON {self.json_path!r}: {reason}") from None
         if not isinstance(self.records, list):
-            raise ValueError(f"{self.json_path}: expected a JSON list of records, got {type(self.records).__name__}")
+            raise DataError(f"{self.json_path}: expected a JSON list of records, got {type(self.records).__name__}")
+        self._check_field_names()
+
+    def _check_field_names(self) -> None:
+        """Refuses a file whose first records spell a field like one LLaVA reads but not as it (`imges`,
+        `conversation`): read as they are, such records would train on text alone or be skipped one by one.
+        Other extra fields (a `source`, a `model`) are allowed, as in LLaVA's own data."""
+        for index in range(min(len(self.records), FIELD_CHECK_RECORDS)):
+            r = self.records[index]
+            where = f"{self.json_path} record {index}"
+            if self.jsonl:
+                where = f"{self.json_path} line {r[0]}"
+                try:
+                    r = json.loads(r[1])
+                except ValueError:
+                    continue
+            if not isinstance(r, dict):
+                continue
+            for key in r:
+                close = difflib.get_close_matches(key, RECORD_FIELDS[1:], 1, 0.75)   # an `idx` is no misspelt `id`
+                if key not in RECORD_FIELDS and close and close[0] not in r:
+                    raise DataError(f"{where} has a field {key!r}: did you mean {close[0]!r}? LLaVA records have "
+                                    f"{list(RECORD_FIELDS)}")
 
     def __len__(self) -> int:
         return len(self.records)

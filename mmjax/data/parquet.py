@@ -7,7 +7,8 @@ documents) costs one decode per row group; a global shuffle of an image corpus c
 write image parquet with small row groups (a few hundred rows) or pre-tokenize it (`mmjax.tokenize_images`) —
 docs/data.md has the measured rates.
 
-Image-text records are {"image": encoded bytes, "caption": str, <column>: value for each of `columns`}: the image
+Image-text records are {"image": encoded bytes, "caption": str, "where": file, row group and row, <column>: value
+for each of `columns` (e.g. `columns=("label",)` for classification)}: the image
 column holds bytes (img2dataset's `jpg`) or a struct with a `bytes` field (the Hugging Face `Image` feature); a
 null image comes back as None (logged, counted by the pipeline as "undecodable"), a null caption leaves the record
 without one. Files missing a column are refused when the source opens, naming the file and its columns.
@@ -17,7 +18,6 @@ Several hosts: `mmjax.data.sharded` (file k is read by host k % host_count only)
 from __future__ import annotations
 
 import collections
-import glob
 import logging
 import threading
 from collections.abc import Sequence
@@ -27,7 +27,7 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data.sharded import HostStrided, host_share, own_shards
-from mmjax.data.sources import DataError
+from mmjax.data.sources import DataError, match_files
 
 log = logging.getLogger(__name__)
 OPTIONS = ("pattern", "image_column", "caption_column", "columns", "cache_row_groups", "host_index", "host_count")
@@ -120,6 +120,7 @@ class ParquetImageText:
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self.rows[index]
         record = {c: row[c] for c in self.extra}
+        record["where"] = self.rows.where(index)
         if self.image_column:
             image = row[self.image_column]
             if isinstance(image, dict):  # the Hugging Face Image feature: {"bytes": ..., "path": ...}
@@ -151,9 +152,7 @@ class ParquetText:
 
 def own_files(pattern: str, host_index: int = -1, host_count: int = -1) -> tuple[list[str], int, int]:
     """(this host's files of the glob, host index, host count)."""
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise DataError(f"no parquet files match {pattern!r}")
+    paths = match_files(pattern, "parquet files")
     index, count = host_share(host_index, host_count)
     return own_shards(paths, index, count, f"parquet {pattern!r}"), index, count
 

@@ -4,13 +4,15 @@ A task supplies a random-access source and `preprocess(record, rng) -> dict of n
 `np.random.Generator` during training and None during evaluation). Records that fail are skipped and counted by
 reason, never silently lost: the reason is the class name of the exception `preprocess` raised, "undecodable" for a
 source that returned None, "rejected" for `preprocess` returning None. The first few skips of each reason are
-logged with their message, then every `LOG_EVERY`-th with the running count.
+logged with their message, prefixed by where the record comes from (`record_where`: shard / file and key / row),
+then every `LOG_EVERY`-th with the running count.
 
 A training pipeline that skips nearly everything would spin forever, so it stops with `DataStarvedError`, naming
-the reasons, once the `StarvationLimits` are exceeded. Skips are counted where records are processed (grain's
-threads, or with `worker_count > 0` each worker process in its own copy of the counter), so every batch carries
-the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to the trainer's counter: the
-counts reach the trainer in both modes.
+the reasons with an example record each, once the `StarvationLimits` are exceeded (early: more than half of about
+the first 100 records). An empty source is refused before the pipeline starts. Skips are counted where records
+are processed (grain's threads, or with `worker_count > 0` each worker process in its own copy of the counter),
+so every batch carries the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to
+the trainer's counter: the counts reach the trainer in both modes.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ class DataStarvedError(DataError):
 @dataclasses.dataclass(frozen=True)
 class StarvationLimits:
     """When a training pipeline gives up: `max_consecutive` skips in a row, or more than `max_fraction` of the
-    records read once at least `check_after` were read (0 / 1.0 disable the respective test)."""
+    records read once at least `check_after` were read, or, early, more than `early_fraction` of about the first
+    `early_records` (a misnamed field or a wrong decode skips nearly everything from the start: say so within
+    seconds, not after a thousand records). 0 / 1.0 disable the respective test."""
 
     max_consecutive: int = 1000
     max_fraction: float = 0.9
     check_after: int = 1000
+    early_records: int = 100
+    early_fraction: float = 0.5
 
 
 class SkipCounter:
@@ -60,6 +66,7 @@ class SkipCounter:
         self.examples: dict[str, str] = {}   # the first message of each reason, for the starvation error
         self.kept = 0
         self.consecutive = 0
+        self.early_checked = False
         self._reported: dict[str, int] = {}
 
     def __getstate__(self) -> dict:
@@ -114,8 +121,13 @@ class SkipCounter:
         with self._lock:
             skipped = sum(self.counts.values())
             seen = skipped + self.kept
+            # checked at each skip from the `early_records`-th record on, until twice that many were read
+            early = bool(lim.early_records) and not self.early_checked and seen >= lim.early_records
+            self.early_checked = self.early_checked or seen >= 2 * lim.early_records
             if lim.max_consecutive and self.consecutive >= lim.max_consecutive:
                 why = f"the last {self.consecutive} records were all skipped"
+            elif early and skipped > lim.early_fraction * seen:
+                why = f"{skipped} of the first {seen} records ({skipped / seen:.0%}) were skipped"
             elif seen >= max(lim.check_after, 1) and skipped > lim.max_fraction * seen:
                 why = f"{skipped} of {seen} records ({skipped / seen:.0%}) were skipped"
             else:
@@ -124,7 +136,8 @@ class SkipCounter:
                                 for k, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         raise DataStarvedError(
             f"training data starved: {why}. Reasons: {reasons}. Fix the data or its preprocessing (limits: "
-            f"config.data_max_consecutive_skips={lim.max_consecutive}, data_max_skip_fraction={lim.max_fraction}).")
+            f"config.data_max_consecutive_skips={lim.max_consecutive}, data_max_skip_fraction={lim.max_fraction}; "
+            f"more than {lim.early_fraction:.0%} of the first {lim.early_records} records).")
 
 
 def skip(counter: SkipCounter, reason: str, detail: str | None = None) -> None:
@@ -154,12 +167,26 @@ class _CountUndecodable:
         return record
 
 
+def record_where(record: Any) -> str:
+    """Where a record comes from, for messages: its source's "where" (shard / file and key / row), else its key,
+    path or id; "" when it carries none."""
+    if not isinstance(record, dict):
+        return ""
+    for field in ("where", "key", "path", "id"):
+        if isinstance(record.get(field), str | int) and str(record[field]):
+            return str(record["where"]) if field == "where" else f"record {field} {record[field]!r}"
+    return ""
+
+
 def _safe(fn: Preprocess, counter: SkipCounter) -> Callable[..., dict[str, np.ndarray] | None]:
     def apply(record: Any, rng: np.random.Generator | None = None) -> dict[str, np.ndarray] | None:
         try:
             out = fn(record, rng)
         except Exception as e:  # a bad record must not end a long run: skip it, count it, say why
-            skip(counter, type(e).__name__, f"{e}"[:300])
+            message, where = f"{e}", record_where(record)
+            if where and where not in message:
+                message = f"{where}: {message}"
+            skip(counter, type(e).__name__, message[:400])
             return None
         if out is None:
             skip(counter, "rejected")
@@ -226,6 +253,8 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
 
     `counter` receives the skip counts of the batches as they are consumed; `limits` stop a starved pipeline.
     """
+    if not len(source):
+        raise DataError("the training data has no records (an empty corpus: check config.data.train)")
     local = SkipCounter(limits)   # where the records are processed: copied into each worker process
     ds = host_slice(grain.MapDataset.source(_CountUndecodable(source, local))).seed(seed).shuffle().repeat()
     ds = ds.random_map(_safe(preprocess, local)).filter(lambda x: x is not None)

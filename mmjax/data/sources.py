@@ -39,9 +39,55 @@ class DataError(ValueError):
     """A data set that cannot be opened; the message names the data set, split or file."""
 
 
+class NoCaptionError(ValueError):
+    """A record without the caption (text) a task needs; skipped and counted under this name."""
+
+
 class NoImageError(ValueError):
     """A record without an image where one is needed (e.g. LLaVA's text-only conversations); skipped and counted
     under this name."""
+
+
+GLOB_CHARS = "*?["
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The longest leading folder of `pattern` that exists as written ("" if none does)."""
+    folder = os.path.dirname(pattern)
+    while folder and not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return ""
+        folder = parent
+    return folder
+
+
+def match_files(pattern: str, what: str, skip_suffix: str = "") -> list[str]:
+    """The files a data option names, sorted: an existing file as it is (even with `[` or `*` in its name), else
+    the glob's matches. A folder whose name holds glob characters (`runs/[2024]/*.tar`) is matched literally when
+    it exists. A folder given instead of files, and a pattern that matches no file, raise DataError naming it.
+    `what` names the option in messages (e.g. "webdataset shards"); names ending in `skip_suffix` are left out."""
+    if not pattern:
+        raise DataError(f"no path given for the {what}")
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        raise DataError(f"{pattern!r} is a folder; the {what} option wants files: a glob such as "
+                        f"{os.path.join(pattern, '*')!r} or one file")
+    if os.path.isfile(pattern):
+        return [pattern]
+    prefix = _literal_prefix(pattern)
+    paths = []
+    if any(c in prefix for c in GLOB_CHARS):   # an existing folder named like a glob: take its name literally
+        paths = glob.glob(glob.escape(prefix) + pattern[len(prefix):])
+    paths = paths or glob.glob(pattern)
+    paths = sorted(p for p in paths if os.path.isfile(p) and not (skip_suffix and p.endswith(skip_suffix)))
+    if not paths:
+        folder = os.path.dirname(pattern) or "."
+        where = (f"the folder {folder!r} holds no match" if os.path.isdir(folder)
+                 else f"no folder matches {folder!r}" if any(c in folder for c in GLOB_CHARS)
+                 else f"the folder {folder!r} does not exist")
+        raise DataError(f"no {what} match {pattern!r} ({where})")
+    return paths
 
 
 class DigitsSource:
@@ -98,9 +144,7 @@ class ArrayRecordSource:
     def __init__(self, pattern: str):
         from grain.sources import ArrayRecordDataSource
 
-        paths = sorted(glob.glob(pattern))
-        if not paths:
-            raise DataError(f"no ArrayRecord files match {pattern!r}")
+        paths = match_files(pattern, "ArrayRecord files")
         self.paths = paths
         self._source = ArrayRecordDataSource(paths)
 
@@ -109,6 +153,58 @@ class ArrayRecordSource:
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         return records.decode_or_none(self._source[index], where=f"{self.paths[0]}... record {index}")
+
+
+# Every option of each corpus source at its default, so a section built by `corpus_section` takes any dotted
+# override (`--config.data.train.caption_key=text`); the first option is the one `corpus=` sets.
+CORPUS_OPTIONS: dict[str, dict[str, Any]] = {
+    "webdataset": dict(pattern="", image_exts=("jpg", "jpeg", "png", "webp"), caption_key="caption", index_dir="",
+                       host_index=-1, host_count=-1),
+    "parquet": dict(pattern="", image_column="jpg", caption_column="caption", columns=(), cache_row_groups=4,
+                    host_index=-1, host_count=-1),
+    "imagefolder": dict(root="", captions="", file_field="file_name", caption_field="caption", host_index=-1,
+                        host_count=-1),
+    "jsonl": dict(pattern="", image_field="image", images=""),
+    "arrayrecord": dict(pattern=""),
+    "llava_json": dict(json="", images=""),
+}
+TEXT_OPTIONS: dict[str, dict[str, Any]] = {   # the text sources of LM packing (`mmjax.data.packing`)
+    "jsonl": dict(pattern="", text_field="text"),
+    "parquet": dict(pattern="", text_field="text", cache_row_groups=4, host_index=-1, host_count=-1),
+    "arrayrecord": dict(pattern="", text_field="text"),
+}
+
+
+def corpus_section(kind: str, corpus: str, *, text: bool = False, **options: Any) -> ml_collections.ConfigDict:
+    """A `config.data.<split>` section reading `corpus` with source `kind`: what a config's `data=KIND,corpus=PATH`
+    argument builds. Every option of the source is present at its default (so dotted overrides work); `options`
+    change some (a config's own choice, e.g. `columns=("label",)` for classification). `text=True`: the text
+    sources of LM packing."""
+    table = TEXT_OPTIONS if text else CORPUS_OPTIONS
+    if kind not in table:
+        raise configlib.ConfigError(f"data={kind!r} is not a {'text ' if text else ''}corpus source; choose one of "
+                                    f"{sorted(table)}")
+    if not corpus:
+        raise configlib.ConfigError(f"data={kind} needs corpus=PATH (the {next(iter(table[kind]))} of the "
+                                    f"{kind} source; docs/data.md)")
+    section = dict(table[kind])
+    configlib.check_known(options, tuple(section), f"data (options of the {kind} source)")
+    section.update(options, **{next(iter(section)): corpus})
+    return ml_collections.ConfigDict(dict(name=kind, **section))
+
+
+def label_options(kind: str) -> dict[str, Any]:
+    """What a classification config adds to a corpus source so its records carry `label`: parquet passes a
+    `label` column through; the other sources give it themselves (class folders, `.cls` members, the field)."""
+    return {"columns": ("label",)} if kind == "parquet" else {}
+
+
+def corpus_splits(kind: str, corpus: str, eval_corpus: str = "", *, text: bool = False, **options: Any
+                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(train, eval) sections for a config's `data=KIND,corpus=PATH[,eval_corpus=PATH]`: eval reads
+    `eval_corpus`, or the training corpus when none is given (the config then limits how much of it)."""
+    return (corpus_section(kind, corpus, text=text, **options),
+            corpus_section(kind, eval_corpus or corpus, text=text, **options))
 
 
 def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
@@ -123,7 +219,7 @@ def make_source(cfg: ml_collections.ConfigDict | dict) -> Any:
         shapes_cfg = ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
         return ShapesSource(shapes_cfg, num_records=num_records, seed=seed)
     if name == "tfds":
-        return TfdsSource(cfg["dataset"], cfg.get("split", "train"), cfg.get("data_dir"))
+        return TfdsSource(cfg["dataset"], cfg.get("split", "train"), cfg.get("data_dir") or None)
     if name == "arrayrecord":
         return ArrayRecordSource(cfg["pattern"])
     if name == "photos":

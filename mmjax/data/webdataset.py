@@ -4,7 +4,8 @@ A shard is an uncompressed tar whose members are grouped into samples by key: `0
 `000123.json` are one sample with key `000123` (the key is the member path up to the first dot of its base name;
 a sample is a run of consecutive members with the same key, as webdataset writes them). A record is
 {"image": the encoded bytes of the first member with an image extension, "caption": the `.txt` member, else the
-`.json` member's `caption_key` field, "key": the sample key}; images are decoded by the consumer's preprocessing,
+`.json` member's `caption_key` field, "label": the integer in a `.cls` member (classification shards), "key": the
+sample key, "where": shard and key for messages}; images are decoded by the consumer's preprocessing,
 so a corrupt JPEG is skipped and counted there under `ImageDecodeError`.
 
 Random access (grain's shuffling and its exact resume need it) comes from an index of every shard's members,
@@ -13,7 +14,8 @@ or under `index_dir` (default ~/.cache/mmjax/webdataset) when the shard folder i
 than its shard is rebuilt. The index is a memory-mapped numpy array, so grain's worker processes share one copy
 in the page cache. Members are then read with `os.pread` at their offsets.
 
-Bad input: a sample without an image member, or whose text member cannot be read (bad UTF-8, bad JSON), comes
+Bad input: a sample without an image member, or whose text member cannot be read (bad UTF-8, bad JSON, a `.cls`
+that is not an integer), comes
 back as None (logged with the shard and key, counted by the pipeline as "undecodable"). A damaged shard (a
 truncated last member, or a broken header mid-file) keeps the samples before the damage; the rest is reported
 when the index is built and every time it is opened. Compressed shards (`.tar.gz`, ...) cannot be read at random
@@ -25,7 +27,6 @@ Several hosts: `mmjax.data.sharded` (shard k is read by host k % host_count only
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data.sharded import HostStrided, host_share, own_shards
-from mmjax.data.sources import DataError
+from mmjax.data.sources import DataError, match_files
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -209,7 +210,9 @@ class WebDatasetShards:
             if image is None:
                 raise ValueError(f"no image member ({', '.join(e.decode() for e in exts)} present)")
             read = lambda i: self._read(shard, int(members["offset"][i]), int(members["size"][i]))
-            record: dict[str, Any] = {"image": read(image), "key": key}
+            record: dict[str, Any] = {"image": read(image), "key": key, "where": where}
+            if b"cls" in exts:
+                record["label"] = int(read(exts.index(b"cls")).decode("utf-8").strip())
             if b"txt" in exts:
                 record["caption"] = read(exts.index(b"txt")).decode("utf-8")
             elif b"json" in exts:
@@ -241,9 +244,7 @@ def from_config(cfg: dict[str, Any]) -> HostStrided:
     configlib.check_known(cfg, OPTIONS, "data.<split> (webdataset source)")
     if not cfg.get("pattern"):
         raise DataError("the webdataset source needs `pattern`, a glob of .tar shards")
-    paths = sorted(p for p in glob.glob(cfg["pattern"]) if not p.endswith(INDEX_SUFFIX))
-    if not paths:
-        raise DataError(f"no webdataset shards match {cfg['pattern']!r}")
+    paths = match_files(cfg["pattern"], "webdataset shards", skip_suffix=INDEX_SUFFIX)
     index, count = host_share(cfg.get("host_index", -1), cfg.get("host_count", -1))
     shards = WebDatasetShards(own_shards(paths, index, count, f"webdataset {cfg['pattern']!r}"),
                               tuple(cfg.get("image_exts") or IMAGE_EXTS), cfg.get("caption_key", "caption"),

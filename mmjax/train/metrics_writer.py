@@ -123,6 +123,9 @@ class MetricsWriter:
             parts.append(f"{record['examples_per_sec']:.1f} examples/s")
         if record.get("steps_per_sec"):
             parts.append(f"ETA {_duration((self.total_steps - record['step']) / record['steps_per_sec'])}")
+        if record.get("skipped_records"):   # per reason, as in metrics.jsonl
+            reasons = " ".join(f"{k.split('/', 1)[1]}={v}" for k, v in record.items() if k.startswith("skipped/"))
+            parts.append(f"skipped {record['skipped_records']} records ({reasons})")
         log.info("%s", ", ".join(parts))
 
     def advance(self, n: int = 1) -> None:

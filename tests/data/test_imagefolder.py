@@ -23,7 +23,8 @@ def test_metadata_jsonl_records_and_bad_lines(tmp_path, caplog):
     assert len(source) == 8
     for i, sample in enumerate(samples):
         assert source[i] == {"image": sample["image"], "caption": sample["caption"],
-                             "path": f"{sample['key']}.{cw.image_ext(sample['image'])}"}
+                             "path": f"{sample['key']}.{cw.image_ext(sample['image'])}",
+                             "where": f"{tmp_path / 'folder' / 'metadata.jsonl'} line {i + 1}"}
     assert source[6] is None and source[7] is None
     assert "metadata.jsonl line 7" in caplog.text and "gone.jpg" in caplog.text
 

@@ -147,3 +147,65 @@ def test_llava15_pad_matches_clip_processor():
         clip224 = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
         want = clip224(images=img, return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(im.normalize(im.llava1_image(img)).transpose(2, 0, 1), want, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ decode_image: the one image input
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_reads_every_encoding_and_record_form():
+    """JPEG, PNG, WebP, GIF (first frame), palette + transparency, CMYK, as bytes, `np.bytes_` and the 0-d bytes
+    array a tfds / numpy record holds: each gives the pixels PIL's RGB conversion gives."""
+    rgb = _rgb(6, 9)
+    lossless = _encode(Image.fromarray(rgb), "PNG")
+    for value in (lossless, np.bytes_(lossless), np.array(lossless), np.array(lossless, dtype=object)):
+        np.testing.assert_array_equal(im.decode_image(value), rgb)
+    np.testing.assert_array_equal(im.decode_image(_encode(Image.fromarray(rgb), "WEBP", lossless=True)), rgb)
+    jpeg = _encode(Image.fromarray(rgb), "JPEG", quality=95)
+    np.testing.assert_array_equal(im.decode_image(jpeg), np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+    palette = Image.fromarray(rgb).quantize(8)
+    frames = [palette, Image.fromarray(255 - rgb).quantize(8)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    np.testing.assert_array_equal(im.decode_image(gif.getvalue()), np.asarray(palette.convert("RGB")))
+    palette.info["transparency"] = 0
+    with_alpha = _encode(palette, "PNG", transparency=0)
+    np.testing.assert_array_equal(im.decode_image(with_alpha), np.asarray(palette.convert("RGBA"))[..., :3])
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    np.testing.assert_array_equal(im.decode_image(_encode(cmyk, "TIFF")), np.asarray(cmyk.convert("RGB")))
+
+
+def test_decode_turns_images_upright_by_their_exif_orientation():
+    """A camera JPEG stored sideways with Orientation=6 (rotate 90 degrees clockwise to view) is decoded upright."""
+    stored = np.zeros((4, 8, 3), np.uint8)
+    stored[:, :4] = 255                               # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(stored), "PNG", exif=exif)
+    out = im.decode_image(data)
+    assert out.shape == (8, 4, 3)                     # rotated: the stored left half is now the top
+    assert out[:4].min() == 255 and out[4:].max() == 0
+
+
+def test_decode_takes_pixel_arrays_of_any_layout():
+    rgb = _rgb(3, 5)
+    np.testing.assert_array_equal(im.decode_image(rgb), rgb)
+    np.testing.assert_array_equal(im.decode_image(np.concatenate([rgb, rgb[..., :1]], -1)), rgb)   # RGBA
+    np.testing.assert_array_equal(im.decode_image(rgb[..., 0]), np.repeat(rgb[..., :1], 3, -1))   # grey
+    np.testing.assert_array_equal(im.decode_image(rgb[..., :1] / 255.0), np.repeat(rgb[..., :1], 3, -1))
+    np.testing.assert_array_equal(im.decode_image(np.eye(2, dtype=bool))[..., 0], [[255, 0], [0, 255]])
+    with pytest.raises(im.ImageDecodeError, match=r"shard-3 key 7.*shape \(2, 2, 2\)"):
+        im.decode_image(np.zeros((2, 2, 2), np.uint8), name="shard-3 key 7")
+
+
+def test_decode_errors_name_the_record_never_the_bytes():
+    with pytest.raises(im.ImageDecodeError) as e:
+        im.decode_image(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    assert "<44 bytes>" in str(e.value) and "\\x00" not in str(e.value)
+    with pytest.raises(im.ImageDecodeError, match=r"a\.tar sample '0001'"):
+        im.decode_image(np.bytes_(b"\xff\xd8junk"), name="a.tar sample '0001'")

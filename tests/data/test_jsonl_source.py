@@ -15,7 +15,9 @@ def test_lines_are_records_and_bad_lines_are_none(tmp_path, caplog):
     lines = [json.dumps({"text": "first", "n": 1}), "", "{broken", json.dumps([1, 2]), json.dumps({"text": "last"})]
     (tmp_path / "a.jsonl").write_text("\n".join(lines))   # no trailing newline
     source = make_source({"name": "jsonl", "pattern": str(tmp_path / "*.jsonl")})
-    assert [source[i] for i in range(len(source))] == [{"text": "first", "n": 1}, None, None, {"text": "last"}]
+    path = tmp_path / "a.jsonl"
+    assert [source[i] for i in range(len(source))] == [{"text": "first", "n": 1, "where": f"{path}, byte 0"}, None,
+                                                       None, {"text": "last", "where": f"{path}, byte 42"}]
     assert "a.jsonl, byte" in caplog.text and "not an object" in caplog.text
     with pytest.raises(DataError, match="no JSONL files"):
         make_source({"name": "jsonl", "pattern": str(tmp_path / "*.json")})

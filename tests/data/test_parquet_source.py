@@ -32,7 +32,9 @@ def test_rows_become_image_caption_records_and_a_null_image_is_none(tmp_path, ca
         if i == 5:
             assert source[i] is None
             continue
-        assert source[i] == {k: sample[k] for k in ("key", "image", "caption") if k in sample}
+        record = source[i]
+        assert record.pop("where") == source.local.rows.where(i)
+        assert record == {k: sample[k] for k in ("key", "image", "caption") if k in sample}
     assert "without image bytes" in caplog.text and "row group 0 row 5" in caplog.text
 
 
@@ -55,7 +57,8 @@ def test_the_hugging_face_image_struct_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"image": images, "text": [s["caption"] for s in samples]}), tmp_path / "a.parquet")
     cfg = {"name": "parquet", "pattern": str(tmp_path / "*.parquet")}
     source = make_source({**cfg, "image_column": "image", "caption_column": "text"})
-    assert source[2] == {"image": samples[2]["image"], "caption": samples[2]["caption"]}
+    assert source[2] == {"image": samples[2]["image"], "caption": samples[2]["caption"],
+                         "where": f"{tmp_path / 'a.parquet'} row group 0 row 2"}
     with pytest.raises(DataError, match=r"has no column\(s\) \['caption', 'jpg'\]; its columns: \['image', 'text'\]"):
         make_source(cfg)
     (tmp_path / "b.parquet").write_bytes(b"not parquet")

@@ -33,7 +33,9 @@ def test_records_are_the_samples_in_order_and_a_sample_without_image_is_none(cor
         if i == 7:
             assert record is None
             continue
-        assert record == {"image": sample["image"], "caption": sample["caption"], "key": sample["key"]}
+        shard = os.path.join(os.path.dirname(cfg["pattern"]), f"{i // 5:05d}.tar")
+        assert record == {"image": sample["image"], "caption": sample["caption"], "key": sample["key"],
+                          "where": f"{shard} sample {sample['key']!r}"}
     assert "no image member (txt, json present)" in caplog.text and "0000007" in caplog.text
     assert sorted(os.listdir(os.path.dirname(cfg["pattern"]))) == [
         "00000.tar", "00000.tar.index.npy", "00001.tar", "00001.tar.index.npy"]

@@ -41,8 +41,8 @@ def write_digits_records(path: str, fault: Callable[[int], str], n: int = 200) -
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_metrics_carry_skip_counts_per_reason(tmp_path, workers):
-    faults = {1: "corrupt", 2: "unlabelled"}   # a quarter of the records each
-    write_digits_records(str(tmp_path / "digits.array_record"), lambda i: faults.get(i % 4, ""))
+    faults = {1: "corrupt", 2: "unlabelled"}   # a sixth of the records each (half would stop it early)
+    write_digits_records(str(tmp_path / "digits.array_record"), lambda i: faults.get(i % 6, ""))
     config = configlib.apply_overrides(configlib.load_config_file(f"{DIGITS}:steps=10"),
                                        ["batch_size=8", "log_every=5", "optim.warmup_steps=2",
                                         f"data_workers={workers}"])
@@ -55,8 +55,8 @@ def test_metrics_carry_skip_counts_per_reason(tmp_path, workers):
     assert last["skipped/undecodable"] > 0 and last["skipped/KeyError"] > 0
     assert last["skipped_records"] == last["skipped/undecodable"] + last["skipped/KeyError"]
     assert train[0]["skipped_records"] <= last["skipped_records"]          # running totals
-    # 80 records were used; about one in four read was corrupt and one in four unlabelled
-    assert 80 / 3 <= last["skipped/undecodable"] <= 200 and 80 / 3 <= last["skipped/KeyError"] <= 200
+    # 80 records were used; about one in six read was corrupt and one in six unlabelled (~20 each)
+    assert 8 <= last["skipped/undecodable"] <= 100 and 8 <= last["skipped/KeyError"] <= 100
 
 
 def test_a_starved_source_stops_the_run_with_its_reasons(tmp_path):

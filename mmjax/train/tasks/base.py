@@ -8,6 +8,7 @@ nothing about models. A task supplies, from the config: the model and its init, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from mmjax.data import pipeline
-from mmjax.data.sources import make_source
+from mmjax.data.sources import DataError, make_source
 from mmjax.train import sharding
 
 Metrics = dict[str, jax.Array]
@@ -50,18 +51,63 @@ class Task:
         self.config = config
 
     # -- data ---------------------------------------------------------------------------------------------------
+    # The record fields `preprocess` reads, as alternatives: a record must hold every field of one of them.
+    required_fields: tuple[tuple[str, ...], ...] = ()
+    FIELD_CHECK_RECORDS = 8   # records read when a source opens, to refuse a corpus without the needed fields
+
     def source(self, split: str) -> Any:
         if split not in self.config.data:
             raise KeyError(f"config.data has no split {split!r}; has {sorted(self.config.data.keys())}")
-        return make_source(self.config.data[split])
+        source = make_source(self.config.data[split])
+        self.check_source(source, split)
+        return source
+
+    def check_source(self, source: Any, split: str) -> None:
+        """Refuses, before anything compiles, a split with no record, or whose first readable records all lack
+        the fields `preprocess` needs (a misnamed column or JSON key would otherwise be skipped record by record
+        until the starvation limit). A DataError names the split, the missing field and the fields there are."""
+        where = f"config.data.{split} ({self.config.data[split].get('name', '?')})"
+        if not len(source):
+            raise DataError(f"{where} has no records (an empty corpus)")
+        if not self.required_fields:
+            return
+        seen = []
+        for i in range(min(len(source), self.FIELD_CHECK_RECORDS)):
+            record = source[i]
+            if not isinstance(record, dict):
+                continue
+            if any(all(f in record for f in option) for option in self.required_fields):
+                return
+            seen.append(record)
+        if not seen:
+            return   # nothing readable to judge by: the pipeline counts the undecodable records
+        fields = sorted(k for k in seen[0] if k != "where")
+        options = " or ".join("+".join(option) for option in self.required_fields)
+        missing = sorted({f for option in self.required_fields for f in option} - set(fields))
+        hints = [f"{m!r} (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(m, fields, 1, 0.6))
+                 else repr(m) for m in missing]
+        raise DataError(f"{where}: the first {len(seen)} record(s) ({pipeline.record_where(seen[0]) or 'record 0'})"
+                        f" have no field {', '.join(hints)}; {type(self).__name__} reads {options}; the records "
+                        f"have {fields}")
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
-        record = self.preprocess(self.source("train")[0], None)
-        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
+        source, reasons = self.source("train"), []
+        for i in range(min(len(source), self.FIELD_CHECK_RECORDS)):
+            record = source[i]
+            try:
+                example = self.preprocess(record, None) if record is not None else None
+            except Exception as e:  # the pipeline skips such records; here only a usable one is wanted
+                reasons.append(f"{pipeline.record_where(record) or f'record {i}'}: {type(e).__name__}: {e}")
+                continue
+            if example is not None:
+                return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}
+            reasons.append(f"record {i}: unreadable or rejected")
+        raise DataError(f"none of the first {len(reasons)} records of config.data.train can be used, e.g. "
+                        f"{reasons[0][:300] if reasons else 'none'}")
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """A batch of the training shapes with realistic random content (ids within their vocabularies, lengths

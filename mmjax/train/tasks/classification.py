@@ -1,6 +1,8 @@
 """Image classification with a ViT: softmax cross-entropy (label smoothing, mixup), top-1 accuracy.
 
-Data records carry `image` (float in [0, 1] or uint8, any size) and `label`. `config.augment` chooses the views:
+Data records carry `image` (encoded bytes, a path, or an array: float in [0, 1] or uint8, any size; decoded by
+`mmjax.data.images.decode_image` unless `augment.channels` is 1) and an integer `label` in [0, num_classes).
+`config.augment` chooses the views:
   kind=shift:           random translation by up to `max_shift` pixels (tiny images such as the 8x8 digits)
   kind=inception_crop:  random-resized crop to `image_size` + flip for training; resize to `eval_resize` and
                         central crop for evaluation (ImageNet)
@@ -16,22 +18,35 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax.data import augment
+from mmjax.data import augment, pipeline
+from mmjax.data.images import decode_image
 from mmjax.models.vit import vit_from_config
 from mmjax.train.tasks.base import Metrics, Task
 
 
+class LabelError(ValueError):
+    """A record's label is not an integer class in [0, num_classes); skipped and counted under this name."""
+
+
 class ClassificationTask(Task):
+    required_fields = (("image", "label"),)
+
     def __init__(self, config):
         super().__init__(config)
         self.model = vit_from_config(dict(config.model), num_classes=config.num_classes)
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         aug = self.config.augment
-        image = np.asarray(record["image"])
+        channels = int(aug.get("channels", 3))
+        if channels == 3:   # encoded bytes, a path or an array of any layout: the one decode of every task
+            image = decode_image(record["image"], name=pipeline.record_where(record) or None)
+        else:               # single-channel arrays (the 8x8 digits) as they are
+            image = np.asarray(record["image"])
         if image.ndim == 2:
             image = image[..., None]
-        channels = int(aug.get("channels", 3))
+        label = record["label"]
+        if not isinstance(label, int | np.integer) or not 0 <= label < self.config.num_classes:
+            raise LabelError(f"label {label!r} is not a class in [0, {self.config.num_classes}) (config.num_classes)")
         if image.shape[-1] != channels:
             raise ValueError(f"image of shape {image.shape} has {image.shape[-1]} channels; config.augment.channels "
                              f"is {channels}")
@@ -44,7 +59,7 @@ class ClassificationTask(Task):
         if aug.kind == "shift" and rng is not None:
             image = augment.random_shift(image, aug.max_shift, rng)
         lo, hi = aug.value_range
-        return {"image": lo + (hi - lo) * image, "label": np.int32(record["label"])}
+        return {"image": lo + (hi - lo) * image, "label": np.int32(label)}
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Shapes from the config (`augment.image_size`, `augment.channels`, default 3): no data is read."""

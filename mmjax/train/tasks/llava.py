@@ -33,8 +33,9 @@ import optax
 from etils import epath
 
 from mmjax import paths
+from mmjax.data import pipeline
 from mmjax.data.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_template, stop_token_ids
-from mmjax.data.images import MAX_IMAGE_PIXELS, pad_fill
+from mmjax.data.images import MAX_IMAGE_PIXELS, decode_image, pad_fill
 from mmjax.data.llava_data import (
     ImageConfig,
     LlavaJsonSource,
@@ -43,6 +44,7 @@ from mmjax.data.llava_data import (
     load_images,
     record_context,
 )
+from mmjax.data.sources import DataError, NoCaptionError
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.eval.vqa import normalize_gqa_answer
 from mmjax.models.generate import generate
@@ -71,6 +73,9 @@ class LlavaTask(Task):
         if self.image_cfg.patch_size != self.model_cfg.patch_size:
             raise ValueError(f"config.image.patch_size {self.image_cfg.patch_size} != the tower's "
                              f"{self.model_cfg.patch_size}")
+        train = config.data.get("train")
+        if train is not None and train.get("name") == "llava_json" and not train.get("json"):
+            self.source("train")   # refuses the missing file now, before the model is traced
         self._embed = jax.jit(lambda p, ids, pix, idx, w: self.model.apply(
             {"params": p}, ids, pix, idx, w, method=Llava.embed))
 
@@ -98,21 +103,32 @@ class LlavaTask(Task):
             if not cfg.json and split == "eval":  # no held-out file given: evaluate on the training file's head
                 cfg = self.config.data.train
             if not cfg.json:
-                raise ValueError(f"config.data.{split}.json is empty: pass --config.data.{split}.json=FILE "
-                                 f"(and --config.data.{split}.images=DIR)")
-            return LlavaJsonSource(cfg.json, cfg.get("images", ""))
+                raise DataError(f"config.data.{split}.json is empty: pass --config.data.{split}.json=FILE "
+                                f"(and --config.data.{split}.images=DIR)")
+            source = LlavaJsonSource(cfg.json, cfg.get("images", ""))
+            self.check_source(source, split)
+            return source
         return super().source(split)
+
+    @property
+    def required_fields(self) -> tuple[tuple[str, ...], ...]:
+        """LLaVA conversations, or image-text records as the configured `text.shapes_task` reads them."""
+        text = ("caption",) if self.config.text.shapes_task == "caption" else ("question", "answer")
+        return ("conversations",), ("image", *text)
 
     def conversation(self, record: Mapping[str, Any]) -> tuple[Conversation, list[np.ndarray]]:
         """A record as (LLaVA conversation, images): LLaVA JSON records as they are, shapes-like records as a
         caption (stage 1) or question/answer (stage 2) turn pair."""
+        where, max_pixels = pipeline.record_where(record) or None, self.image_cfg.max_pixels
         if "conversations" in record:
-            images = (load_images(record, self.image_cfg.max_pixels) if "image_paths" in record
-                      else list(record.get("images", [])))
+            images = (load_images(record, max_pixels) if "image_paths" in record
+                      else [decode_image(x, name=where, max_pixels=max_pixels) for x in record.get("images", [])])
             return list(record["conversations"]), images
-        images = [np.asarray(record["image"])] if "image" in record else []
+        images = [decode_image(record["image"], name=where, max_pixels=max_pixels)] if "image" in record else []
         prefix = IMAGE_PLACEHOLDER + "\n" if images else ""
         if self.config.text.shapes_task == "caption":
+            if not isinstance(record.get("caption"), str) or not record["caption"].strip():
+                raise NoCaptionError(f"the record has no caption (fields: {sorted(record)})")
             return [{"from": "human", "value": IMAGE_PLACEHOLDER if images else ""},
                     {"from": "gpt", "value": record["caption"]}], images
         return [{"from": "human", "value": prefix + self.format_question(record["question"])},

@@ -42,6 +42,7 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data import images as image_ops
+from mmjax.data import pipeline
 from mmjax.eval.image_metrics import psnr, ssim
 from mmjax.models.discriminator import LPIPS, load_lpips, make_discriminator
 from mmjax.models.vq import VQConfig, VQModel
@@ -69,18 +70,6 @@ def last_layer_grad_norm(h: jax.Array, kernel: jax.Array, cotangent: jax.Array) 
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
     _, vjp = jax.vjp(conv, kernel.astype(jnp.float32))
     return jnp.sqrt(jnp.sum(jnp.square(vjp(cotangent.astype(jnp.float32))[0])))
-
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any (H, W[, C]) image (bool, float in [0, 1], uint8; grey, RGB, RGBA) -> uint8 (H, W, 3)."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
 
 
 def pairs_grid(originals: np.ndarray, recons: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
@@ -111,6 +100,8 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 class VQTask(Task):
+    required_fields = (("image",),)
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         configlib.check_known(config.loss, LOSS_FIELDS, "loss")
@@ -132,9 +123,11 @@ class VQTask(Task):
 
     # -- data ---------------------------------------------------------------------------------------------------
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        """uint8 / float image of any size -> float32 (S, S, 3) in [-1, 1]: bicubic shortest edge to S, then a
-        centre crop (eval) or a random crop (train, `augment.random_crop`), optional random flip."""
-        image, s, aug = to_rgb_uint8(record["image"]), self.image_size, self.config.augment
+        """The record's image (encoded bytes, a path or an array: `images.decode_image`), any size -> float32
+        (S, S, 3) in [-1, 1]: bicubic shortest edge to S, then a centre crop (eval) or a random
+        crop (train, `augment.random_crop`), optional random flip."""
+        image = image_ops.decode_image(record["image"], name=pipeline.record_where(record) or None)
+        s, aug = self.image_size, self.config.augment
         if image.shape[:2] != (s, s):
             image = image_ops.resize_shortest_edge(image, s, method="bicubic")
             h, w = image.shape[:2]
