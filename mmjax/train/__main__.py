@@ -26,6 +26,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_slices", type=cli.int_at_least(1), default=1,
                         help="with --compile_only: slices joined over the data-centre network (multi-slice)")
     parser.add_argument("--out", help="with --compile_only: write the report as JSON here")
+    parser.add_argument("--shapes_only", action="store_true", help="with --compile_only: shape checks, no compile")
+    parser.add_argument("--fit", action="store_true", help="with --compile_only: apply the nearest settings that fit")
     args, rest = parser.parse_known_args(argv)
     if args.compile_only and not args.topology:
         parser.error("--compile_only needs --topology (e.g. v5e:4x4)")
@@ -58,12 +60,12 @@ def _compile_only(args: argparse.Namespace, overrides: list[str]) -> int:
     from mmjax.train.preflight import format_report, preflight
 
     config = configlib.apply_overrides(configlib.load_config_file(args.config), overrides)
-    report = preflight(config, args.topology, num_slices=args.num_slices)
+    report = preflight(config, args.topology, num_slices=args.num_slices, compile=not args.shapes_only, fit=args.fit)
     print(format_report(report))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"config": args.config, "overrides": overrides, **report}, f, indent=1)
-    return cli.EXIT_FAILED if report["verdict"] == "does not fit" else cli.EXIT_OK
+    return {"does not fit": cli.EXIT_FAILED, "cannot check": cli.EXIT_USAGE}.get(report["verdict"], cli.EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> int:

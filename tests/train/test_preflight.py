@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from mmjax import configlib
-from mmjax.train import preflight, tpu_slices
+from mmjax.train import preflight, slice_fit, tpu_slices
 from mmjax.train.sharding import make_mesh
 from tests.helpers import REPO, run
 
@@ -130,3 +130,114 @@ def test_launch_environment_starts_multi_host_jax(monkeypatch):
     assert calls == ["init"]
     with open(os.path.join(REPO, "scripts/tpu/worker_loop.sh")) as f:
         assert "export MMJAX_DISTRIBUTED=1" in f.read()
+
+
+# Every config in configs/ with the args that change its shapes (stages, sizes, resolutions, slice plans).
+EVERY_CONFIG = (
+    "d3pm/digits.py", "lm/tiny.py", "lm/phi15_refinedweb.py", "vit/digits.py", "vit/i1k.py", "vq/tiny.py",
+    "vq/photos.py", "vq/lfq_imagenet.py", "vq/showo_magvitv2.py", "llava/tiny.py", "llava/llava1.py:stage=1",
+    "llava/llava1.py:stage=2", "llava/llava15.py:stage=1", "llava/llava15.py:stage=2",
+    "llava/llava15.py:stage=2,slice=v5e-16", "llava/llava15.py:stage=2,slice=v5p-64", "llava/llava_next.py:stage=1",
+    "llava/llava_next.py:stage=2", "llava/onevision.py:stage=1", "llava/onevision.py:size=7b,stage=2",
+    "showo/tiny.py", "showo/tiny.py:clip=1", "showo/pretrain.py:stage=1", "showo/pretrain.py:stage=3,res=512",
+    "showo/pretrain.py:stage=1,slice=v5e-16", "showo/pretrain.py:stage=2,slice=v5p-64", "showo/instruct.py:stage=1",
+    "showo/instruct.py:stage=2,res=512", "showo/instruct.py:stage=2,clip=1")
+# The two slices the issue names, and the largest slices a shipped plan uses.
+CHECK_SLICES = ("v5e:2x2", "v5p:2x2x1", "v4:2x2x1", "v6e:2x2", "v5e:4x4", "v5p:2x4x4")
+
+
+def test_every_config_gets_a_verdict_on_every_slice(tmp_path):
+    """Shape checks only (no compile): each config x slice ends in a verdict line, never an exception; a config
+    that does not fit says which field and what would work. Show-o with CLIP-ViT in stage 2 tokenizes its system
+    prompt to size its rows, so without the tokenizer file its verdict is `cannot check`, naming the file."""
+    tokenizer = tokenizer_architecture(str(tmp_path / "vq"))
+    configs = {name for name in os.listdir(os.path.join(REPO, "configs")) if not name.startswith("_")}
+    walked = {name.split("/")[0] for name in EVERY_CONFIG}
+    assert walked == configs - {"__pycache__"}
+    files = {f"{d}/{f}" for d in configs if os.path.isdir(os.path.join(REPO, "configs", d))
+             for f in os.listdir(os.path.join(REPO, "configs", d)) if f.endswith(".py") and f != "__init__.py"}
+    assert files == {name.split(":")[0] for name in EVERY_CONFIG}, "a config file is missing from EVERY_CONFIG"
+    verdicts = {}
+    for name in EVERY_CONFIG:
+        arg = f",tokenizer={tokenizer}" if name.startswith("showo/tiny.py") else ""
+        path = os.path.join(REPO, "configs", name) + (arg if ":" in name else arg.replace(",", ":", 1))
+        config = configlib.load_config_file(path)
+        try:  # traced once per config (seconds for a 7B model), checked against every slice
+            shapes = slice_fit.model_shapes(config)
+        except OSError:
+            shapes = None
+        for topology in CHECK_SLICES:
+            report = preflight.preflight(config, topology, compile=False, shapes=shapes)
+            text = preflight.format_report(report)
+            assert text.splitlines()[-1].startswith("verdict: "), (name, topology, text)
+            if report["verdict"] == "does not fit":
+                for line in report["problems"]:
+                    assert line.startswith("does not fit the slice: ") and "nearest that work: --config." in line
+            verdicts[name, topology] = report["verdict"]
+    assert verdicts["showo/instruct.py:stage=2,clip=1", "v5e:2x2"] == "cannot check"
+    assert {v for (name, _), v in verdicts.items() if "clip=1" not in name or "tiny" in name} <= {
+        "shapes fit", "does not fit"}
+    # every slice plan fits its own slice and no other; the default meshes of the paper configs (fsdp=8) need 8
+    assert verdicts["showo/pretrain.py:stage=1,slice=v5e-16", "v5e:4x4"] == "shapes fit"
+    assert verdicts["llava/llava15.py:stage=2,slice=v5p-64", "v5p:2x4x4"] == "shapes fit"
+    assert verdicts["llava/llava15.py:stage=2,slice=v5p-64", "v5e:4x4"] == "does not fit"
+    assert verdicts["showo/pretrain.py:stage=1", "v5e:2x2"] == "does not fit"
+    assert verdicts["showo/tiny.py", "v5e:2x2"] == "does not fit"  # one bundle per step over 4 chips
+
+
+def test_shape_problems_name_the_field_and_the_nearest_settings():
+    """The checks on a small model: batch, mesh product, tensor vs heads / vocab, host span; each fix works."""
+    config = configlib.load_config_file(os.path.join(REPO, "configs/lm/tiny.py"))
+    shapes = slice_fit.model_shapes(config)
+    sizes = slice_fit.tensor_dims(shapes, tpu_slices_rules(config))
+    devices = preflight.topology_devices("v5e:4x4")  # 4 hosts of 4 chips
+    assert slice_fit.host_chips(devices) == 4
+
+    def problems(**overrides):
+        with config.unlocked():
+            configlib.apply_overrides(config, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+        return slice_fit.check(config, shapes, devices)
+
+    found = problems(batch_size=6, mesh__data=-1, mesh__fsdp=1, mesh__tensor=1)
+    assert [p.field for p in found] == ["batch_size"]
+    assert "6 examples per step do not split over the 16 batch shards" in found[0].line()
+    assert str(found[0].fixes[0]) == "--config.batch_size=16 (global batch 16 per update, was 6)"
+    with config.unlocked():
+        config.optim.grad_accum = 16  # 96 per update: 16 x 6 keeps it
+    assert str(problems()[0].fixes[0]) == "--config.batch_size=16 --config.optim.grad_accum=6"
+    found = problems(batch_size=64, optim__grad_accum=1, mesh__data=2, mesh__fsdp=4, mesh__tensor=1)
+    assert [p.field for p in found] == ["mesh"] and "does not multiply to the slice's 16 chips" in found[0].message
+    bad_tensor = next(t for t in (2, 4, 8, 16) if any(size % t for size in sizes.values()))
+    found = problems(mesh__data=-1, mesh__fsdp=1, mesh__tensor=bad_tensor)
+    assert found[0].field == "mesh.tensor" and f"tensor={bad_tensor} does not divide" in found[0].message
+    for fix in found[0].fixes:  # every suggested mesh passes the checks
+        with config.unlocked():
+            configlib.apply_overrides(config, list(fix.overrides))
+        assert slice_fit.check(config, shapes, devices) == []
+    if all(size % 8 == 0 for size in sizes.values()):
+        assert problems(mesh__data=-1, mesh__fsdp=1, mesh__tensor=8)[0].message.startswith(
+            "tensor=8 spans several hosts")
+
+
+def tpu_slices_rules(config):
+    from mmjax.train.sharding import rules_from_config
+
+    return rules_from_config(config.sharding.rules)
+
+
+def test_the_issue_command_gives_a_verdict_and_fit_applies_the_nearest_settings(tmp_path):
+    """configs/showo/tiny.py as shipped (one bundle per step) on v5e:2x2: a verdict naming batch_size, exit 1, no
+    traceback; with --fit --shapes_only the nearest fix is applied and the shapes fit (exit 0)."""
+    tokenizer = tokenizer_architecture(str(tmp_path / "vq"))
+    command = [sys.executable, "-m", "mmjax.train", "--config", "configs/showo/tiny.py",
+               f"--config.tokenizer.workdir={tokenizer}", "--compile_only", "--topology", "v5e:2x2"]
+    result = run(command)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-2:] == [
+        "does not fit the slice: batch_size: 1 examples per step do not split over the 4 batch shards (mesh.data 4 "
+        "x mesh.fsdp 1); nearest that work: --config.batch_size=4 (global batch 4 per update, was 1)",
+        "verdict: does not fit the slice (shape checks; nothing compiled)"]
+    result = run([*command, "--fit", "--shapes_only"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-2:] == ["applied to fit the slice: --config.batch_size=4",
+                                               "verdict: shapes fit the slice (shape checks only: memory not compiled)"]
