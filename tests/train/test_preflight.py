@@ -50,9 +50,9 @@ def test_tiny_showo_and_llava_compile_for_v5e_with_splash(tmp_path):
                                        f":width=64,layers=1,tokenizer={tokenizer}")
     missing = {"source": {"name": "arrayrecord", "pattern": f"{MISSING}/*.array_record"}, "text_field": "caption"}
     with showo.unlocked():
-        showo.batch_size = 4
         showo.data.train = showo.data.eval = {"t2i": missing, "lm": missing, "mmu": {**missing, "format": "qa"}}
-    report = preflight.preflight(showo, "v5e:2x2")
+    report = preflight.preflight(showo, "v5e:2x2", fit=True)  # as shipped: one bundle per step, fit to 4 chips
+    assert report["fixed"] == ["batch_size=4"] and report["problems"] == []
     check(report)
     assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and report["examples_per_shard"] == 1
 
