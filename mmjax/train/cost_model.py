@@ -77,8 +77,8 @@ OPTIMIZER_MOMENTS = {"adamw": 2, "sgd": 1, "adafactor": 1}
 # for every chip.
 MATMUL_EFFICIENCY = 0.70
 # Activation bytes XLA keeps per byte of JAX's backward residuals: Show-o 1.3B stage 1 on one H200 peaked at
-# 43.8 GiB, 21.6 of them parameters, gradients and AdamW moments, against 83.9 GiB of residuals (docs/tpu.md).
-RESIDUAL_FUSION = 0.265
+# 43.8 GiB, 21.6 of them parameters, gradients and AdamW moments, against 86.8 GiB of residuals (docs/tpu.md).
+RESIDUAL_FUSION = 0.256
 
 
 @dataclasses.dataclass(frozen=True)
