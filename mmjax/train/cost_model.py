@@ -10,9 +10,11 @@ Per chip, for a mesh (data, fsdp, tensor), `examples` per micro-step and `grad_a
   that does not divide its dimension replicates it, as `sharding.logical_shardings` does); gradients the same for
   the trained ones (f32), AdamW's two moments (or one for the others), the accumulator when `grad_accum > 1` and
   the EMA copy when `ema_decay > 0`; FSDP's gathered copy of the largest parameter (bf16) on top.
-- activations: the saved residuals per example x examples per batch shard, divided by `tensor`, times
-  `RESIDUAL_FUSION`: XLA fuses elementwise producers into the backward and recomputes them there, so it keeps
-  fewer bytes than JAX's residuals (fitted on one measured step, checked against compiled TPU steps: docs/tpu.md).
+- activations: the saved residuals per example x examples per batch shard, divided by `tensor`; without remat
+  times `RESIDUAL_FUSION`: XLA fuses elementwise producers into the backward and recomputes them there, so it
+  keeps fewer bytes than JAX's residuals (fitted on one measured step). Not modelled: the backward's transient
+  working set (one block recomputed, the f32 logits of the loss), which the compiled TPU steps show to be as large
+  as the saved activations under remat (docs/tpu.md, calibration).
 - time of a micro-step: two op classes, each at max(FLOPs / peak, bytes / bandwidth), added: the matmuls,
   compute-bound at `MATMUL_EFFICIENCY` of the published peak, and the elementwise rest, bandwidth-bound (the
   residuals written and read twice, forward and backward, and three passes over the chip's parameters); then the
@@ -123,10 +125,7 @@ def profile(config: ml_collections.ConfigDict) -> Profile:
     """
     from mmjax.train.tasks import make_task
 
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        configlib.apply_overrides(config, [f"{f}=False" for f in _fields_named(config, "scan_layers")])
-    task = make_task(config)
+    config, task = _unrolled(config, make_task)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices("cpu")[:1])
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     specs = lambda n: {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
@@ -157,6 +156,23 @@ def profile(config: ml_collections.ConfigDict) -> Profile:
     fields = remat_fields(config)
     policy = str(_get(config, fields[0])) if fields else "none"
     return Profile(out, float(cost.get("flops", 0.0)), float(activations), policy)
+
+
+def _unrolled(config: ml_collections.ConfigDict, make_task: Any) -> tuple[ml_collections.ConfigDict, Any]:
+    """A copy of `config` with every layer stack unrolled, and its task: `scan_layers=False` where the config has
+    the field, and added beside each `remat_policy` of a preset model that scans by default (LLaVA's `model.lm`);
+    the config itself when a model does not take the field."""
+    unrolled = copy.deepcopy(config)
+    with unrolled.unlocked():
+        configlib.apply_overrides(unrolled, [f"{f}=False" for f in _fields_named(unrolled, "scan_layers")])
+        for field in remat_fields(unrolled):
+            node = _get(unrolled, field.rpartition(".")[0]) if "." in field else unrolled
+            if "scan_layers" not in node and "preset" in node:
+                node.scan_layers = False
+    try:
+        return unrolled, make_task(unrolled)
+    except (TypeError, ValueError):
+        return config, make_task(config)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -210,7 +226,8 @@ def estimate(prof: Profile, chip: Chip, mesh: Mesh3, *, examples: int, grad_accu
     ema = params if float(config.get("ema_decay", 0.0)) > 0 else 0.0
     largest = max((math.prod(p.shape) * 2 for p in prof.params), default=0) if fsdp > 1 else 0
     per_shard = examples / (data * fsdp)
-    activations = RESIDUAL_FUSION * prof.saved_bytes_per_example * per_shard / tensor
+    fused = RESIDUAL_FUSION if prof.remat_policy == "none" else 1.0  # a remat policy's residuals are kept as saved
+    activations = fused * prof.saved_bytes_per_example * per_shard / tensor
     peak = params + moments * trained + grads + ema + activations + 2 * largest
 
     compute = prof.flops_per_example * examples / chips / (MATMUL_EFFICIENCY * chip.bf16_flops)

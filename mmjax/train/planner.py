@@ -126,7 +126,9 @@ def format_plan(result: dict[str, Any]) -> str:
                      f"{p.remat_policy:>24} {p.estimate.peak_bytes / GIB:>9.2f} {peak:>9} {seconds:>8.3f}s "
                      f"{p.batch_size * p.grad_accum / seconds / chips:>9.2f} {days:>7.1f} {days * 24 * chips:>10,.0f}")
     if winner is None:
-        return "\n".join([*lines, "no plan fits this slice" if not result["rows"] else
+        return "\n".join([*lines, "no plan fits: no mesh splits the global batch over these chips with a tensor axis "
+                          "dividing heads / MLP / vocabulary, or the model puts every split above 90% of HBM"
+                          if not result["rows"] else
                           "none of these compiled to fit: try a larger --plan_k or a larger slice"])
     line = " ".join(f"--config.{o}" for o in winner.overrides(result["config"]))
     return "\n".join([*lines, f"best: {line}"])
