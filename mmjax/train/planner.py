@@ -57,7 +57,7 @@ def with_policy(config: ml_collections.ConfigDict, policy: str) -> ml_collection
 
 def enumerate_plans(config: ml_collections.ConfigDict, topology: str, profiles: dict[str, cost_model.Profile],
                     tensor_sizes: dict[str, int], per_host: int, *, num_slices: int = 1,
-                    headroom: float = preflight.HEADROOM) -> list[Plan]:
+                    headroom: float = preflight.HEADROOM, devices: list | None = None) -> list[Plan]:
     """Every plan that keeps the global batch and that the model fits in HBM with `headroom`, fastest first."""
     spec = tpu_slices.parse_slice(topology)
     chip = cost_model.CHIPS[spec.generation]
@@ -65,7 +65,7 @@ def enumerate_plans(config: ml_collections.ConfigDict, topology: str, profiles: 
     global_batch = int(config.batch_size) * int(config.optim.get("grad_accum", 1))
     plans = []
     for mesh in slice_fit.valid_meshes(chips, batch_size=None, tensor_sizes=tensor_sizes, per_host=per_host,
-                                       num_slices=num_slices):
+                                       num_slices=num_slices, devices=devices):
         shards = mesh[0] * mesh[1]
         for batch in range(shards, global_batch + 1, shards):
             if global_batch % batch:
@@ -87,7 +87,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, k: int = 3, num_sl
     sizes = slice_fit.tensor_dims(shapes, sharding.rules_from_config(config.sharding.rules))
     fields = cost_model.remat_fields(config)
     profiles = {p: cost_model.profile(with_policy(config, p)) for p in (policies if fields else ("none",))}
-    ranked = enumerate_plans(config, topology, profiles, sizes, slice_fit.host_chips(devices), num_slices=num_slices)
+    ranked = enumerate_plans(config, topology, profiles, sizes, slice_fit.host_chips(devices), num_slices=num_slices,
+                             devices=devices)
     rows = []
     for i, candidate in enumerate(ranked[:max(k, 3)]):  # at least three rows; the first k compiled
         compiled = None
@@ -124,7 +125,7 @@ def format_plan(result: dict[str, Any]) -> str:
         days = seconds * updates / DAY
         lines.append(f"{i:>2} {','.join(map(str, p.mesh)):>10} {f'{p.batch_size} x {p.grad_accum}':>13} "
                      f"{p.remat_policy:>24} {p.estimate.peak_bytes / GIB:>9.2f} {peak:>9} {seconds:>8.3f}s "
-                     f"{p.batch_size * p.grad_accum / seconds / chips:>9.2f} {days:>7.1f} {days * 24 * chips:>10,.0f}")
+                     f"{p.batch_size * p.grad_accum / seconds / chips:>9.2f} {days:>7.2f} {days * 24 * chips:>10,.0f}")
     if winner is None:
         return "\n".join([*lines, "no plan fits: no mesh splits the global batch over these chips with a tensor axis "
                           "dividing heads / MLP / vocabulary, or the model puts every split above 90% of HBM"

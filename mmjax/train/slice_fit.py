@@ -104,11 +104,21 @@ def host_chips(devices: Sequence[jax.Device]) -> int:
     return len(devices) // len({d.process_index for d in devices})
 
 
+def lays_out(mesh: Mesh3, devices: Sequence[jax.Device]) -> bool:
+    """Whether the trainer can lay `mesh` out on `devices`: the torus layout keeps every `tensor` group on one host
+    (`sharding.make_mesh`; which groups do depends on the whole mesh shape, not only on `tensor`)."""
+    try:
+        sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh)), devices)
+    except ValueError:
+        return False
+    return True
+
+
 def valid_meshes(chips: int, *, batch_size: int | None, tensor_sizes: dict[str, int], per_host: int,
-                 num_slices: int = 1) -> list[Mesh3]:
+                 num_slices: int = 1, devices: Sequence[jax.Device] | None = None) -> list[Mesh3]:
     """Every (data, fsdp, tensor) with product `chips` whose tensor divides every tensor-split dimension and fits on
-    a host, whose data axis is a multiple of the slice count and (unless `batch_size` is None) whose batch shards
-    divide `batch_size`."""
+    a host, whose data axis is a multiple of the slice count, (unless `batch_size` is None) whose batch shards
+    divide `batch_size`, and (given the slice's `devices`) that the trainer can lay out on them."""
     meshes = []
     for tensor in _divisors(chips):
         if per_host % tensor or any(size % tensor for size in tensor_sizes.values()):
@@ -117,6 +127,8 @@ def valid_meshes(chips: int, *, batch_size: int | None, tensor_sizes: dict[str, 
             data = chips // (tensor * fsdp)
             if data % num_slices == 0 and (batch_size is None or batch_size % (data * fsdp) == 0):
                 meshes.append((data, fsdp, tensor))
+    if devices is not None:
+        meshes = [m for m in meshes if m[2] == 1 or lays_out(m, devices)]
     return meshes
 
 
@@ -149,7 +161,8 @@ def check(config: ml_collections.ConfigDict, shapes: ModelShapes, devices: Seque
     rules = sharding.rules_from_config(config.sharding.rules)
     sizes = tensor_dims(shapes, rules)
     batch, accum = int(config.batch_size), int(config.optim.get("grad_accum", 1))
-    meshes = valid_meshes(chips, batch_size=None, tensor_sizes=sizes, per_host=per_host, num_slices=num_slices)
+    meshes = valid_meshes(chips, batch_size=None, tensor_sizes=sizes, per_host=per_host, num_slices=num_slices,
+                          devices=devices)
 
     def nearest(current: Mesh3, keep_batch: bool = False) -> list[Fix]:
         """The two meshes nearest `current` (the batch re-split too where a mesh needs it, ones that keep the batch
@@ -175,9 +188,9 @@ def check(config: ml_collections.ConfigDict, shapes: ModelShapes, devices: Seque
     if bad:
         what = ", ".join(f"{name} {size}" for name, size in sorted(bad.items()))
         problems.append(Problem("mesh.tensor", f"tensor={tensor} does not divide {what}", tuple(nearest(mesh))))
-    elif per_host % tensor:
-        problems.append(Problem("mesh.tensor", f"tensor={tensor} spans several hosts of {per_host} chips; a tensor "
-                                "group must stay on one host", tuple(nearest(mesh))))
+    elif per_host % tensor or (tensor > 1 and data % num_slices == 0 and not lays_out(mesh, devices)):
+        problems.append(Problem("mesh.tensor", f"tensor={tensor} spans several hosts of {per_host} chips in this "
+                                "mesh; a tensor group must stay on one host", tuple(nearest(mesh))))
     if data % num_slices:
         problems.append(Problem("mesh.data", f"data={data} is not a multiple of the {num_slices} slices joined "
                                 "along it", tuple(nearest(mesh))))

@@ -228,9 +228,12 @@ def test_shape_problems_name_the_field_and_the_nearest_settings():
         with config.unlocked():
             configlib.apply_overrides(config, list(fix.overrides))
         assert slice_fit.check(config, shapes, devices) == []
-    if all(size % 8 == 0 for size in sizes.values()):
-        assert problems(mesh__data=-1, mesh__fsdp=1, mesh__tensor=8)[0].message.startswith(
-            "tensor=8 spans several hosts")
+    found = problems(mesh__data=-1, mesh__fsdp=1, mesh__tensor=8)
+    assert found[0].field == "mesh.tensor" and "tensor=8" in found[0].message
+    # tensor=4 fits a host's 4 chips in number, but no layout of a 4x4 torus of 2x2 hosts keeps a group on one
+    assert not slice_fit.lays_out((2, 2, 4), devices) and slice_fit.lays_out((1, 8, 2), devices)
+    meshes = slice_fit.valid_meshes(16, batch_size=None, tensor_sizes={}, per_host=4, devices=devices)
+    assert (1, 8, 2) in meshes and not [m for m in meshes if m[2] == 4]
 
 
 def tpu_slices_rules(config):
