@@ -36,8 +36,23 @@ if importlib.util.find_spec("mmjax") is None:  # not installed yet: the package,
     sys.path.insert(0, ROOT)  # an editable install shows in new processes; this one gets the path directly
 os.chdir(ROOT)  # config paths below are relative to the checkout
 FAST = os.environ.get("MMJAX_FAST") == "1"  # the test suite's switch: a few steps of everything
+FAST_STEPS = int(os.environ.get("MMJAX_FAST_STEPS", "2"))  # the training steps of a FAST run
 WORK = os.path.abspath(os.environ.get("MMJAX_NOTEBOOK_OUT", "runs/colab"))  # where runs and images go
 print(f"mmjax checkout {ROOT}, runs in {WORK}, runtime {RUNTIME}{' (FAST)' if FAST else ''}")
+
+
+def run_dir(name, config):
+    """WORK/name-<digest of the config>: one run directory per settings, so re-running a cell after editing a
+    setting trains afresh, and re-running it unchanged resumes its run (or returns at once when it is done)."""
+    import hashlib
+    import json
+
+    from mmjax import configlib
+
+    digest = hashlib.sha256(json.dumps(configlib.to_dict(config), sort_keys=True, default=str).encode())
+    path = f"{WORK}/{name}-{digest.hexdigest()[:8]}"
+    print(f"run directory {path} (one per settings; delete it to train these settings again from scratch)")
+    return path
 '''.strip("\n")
 
 

@@ -35,7 +35,7 @@ from mmjax.train.tasks.d3pm import quantize
 from mmjax.train.trainer import train
 
 if FAST:
-    DENOISER_STEPS = 2
+    DENOISER_STEPS = FAST_STEPS
 LEVELS, T = 4, 64
 digit = quantize(np.asarray(DigitsSource("test")[0]["image"])[..., 0], LEVELS)  # (8, 8) ids in 0..3
 processes = {"uniform": D3PM.create("uniform", LEVELS, T),
@@ -96,10 +96,10 @@ plt.show()
 # all-[MASK] canvas with `mmjax.diffusion.maskgit.decode`. A host callback records the canvas each step sees.
 
 # %%
-workdir = f"{WORK}/diffusion/d3pm_digits"
 overrides = ["sample.num_samples=16", "eval.loss_repeats=1"] if FAST else []
 config = configlib.apply_overrides(
     configlib.load_config_file(f"configs/d3pm/digits.py:sampler=maskgit,steps={DENOISER_STEPS}"), overrides)
+workdir = run_dir("diffusion/d3pm_digits", config)
 final = train(config, workdir)
 print({k: round(v, 3) for k, v in final.items() if k in ("nelbo", "sample_confidence", "sample_class_entropy")})
 task = make_task(config)

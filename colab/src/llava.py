@@ -35,7 +35,7 @@ from mmjax.train.tasks import make_task
 from mmjax.train.trainer import train
 
 if FAST:
-    STAGE1_STEPS, STAGE2_STEPS = 2, 2
+    STAGE1_STEPS, STAGE2_STEPS = FAST_STEPS, FAST_STEPS
 
 # The two layouts: (tile size, ViT patch, candidate canvases, anyres_max reduction, base-view tokens)
 LAYOUTS = {"LLaVA-NeXT AnyRes (CLIP-336/14)": (336, 14, LLAVA_NEXT_PINPOINTS, None, 576),
@@ -114,11 +114,15 @@ display(HTML(f"<p>{tokens.num_supervised} of {len(tokens.input_ids)} tokens supe
 # checkpoint (`init.workdir`) and learns to answer questions.
 
 # %%
-stage1_dir, stage2_dir = f"{WORK}/llava/stage1", f"{WORK}/llava/stage2"
 small_eval = ["eval.num_examples=8", "data.eval.num_records=8", "eval_batch_size=8"] if FAST else []
-for spec, workdir, extra in [(f"configs/llava/tiny.py:stage=1,steps={STAGE1_STEPS}", stage1_dir, []),
-                             (stage2_spec, stage2_dir, [f"init.workdir={stage1_dir}"])]:
-    final = train(configlib.apply_overrides(configlib.load_config_file(spec), [*extra, *small_eval]), workdir)
+stage1 = configlib.apply_overrides(
+    configlib.load_config_file(f"configs/llava/tiny.py:stage=1,steps={STAGE1_STEPS}"), small_eval)
+stage1_dir = run_dir("llava/stage1", stage1)
+stage2 = configlib.apply_overrides(configlib.load_config_file(stage2_spec),
+                                   [f"init.workdir={stage1_dir}", *small_eval])
+stage2_dir = run_dir("llava/stage2", stage2)  # keyed by stage 1's run too: new stage-1 settings retrain stage 2
+for config, workdir in [(stage1, stage1_dir), (stage2, stage2_dir)]:
+    final = train(config, workdir)
     print(workdir, {k: round(v, 3) for k, v in final.items() if isinstance(v, float)})
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))

@@ -35,13 +35,15 @@ FAST_TOKENIZER = ["eval.max_examples=32"] if FAST else []
 FAST_SHOWO = ["eval.num_t2i=4", "eval.num_mmu=4", "eval.batch=4", "eval.loss_batches=1", "eval.t2i_steps=2",
               "eval.max_new_tokens=4"] if FAST else []
 if FAST:
-    TOKENIZER_STEPS, SHOWO_STEPS = 2, 2
+    TOKENIZER_STEPS, SHOWO_STEPS = FAST_STEPS, FAST_STEPS
 
 
-def run(config_spec: str, workdir: str, *overrides: str) -> dict:
-    """`python -m mmjax.train --config SPEC --workdir DIR --config.<override> ...`, in this process."""
+def run(config_spec: str, name: str, *overrides: str) -> tuple[dict, str]:
+    """`python -m mmjax.train --config SPEC --workdir DIR --config.<override> ...`, in this process, into the
+    run directory of these settings (`run_dir`); returns the final metrics and that directory."""
     config = configlib.apply_overrides(configlib.load_config_file(config_spec), list(overrides))
-    return train(config, workdir)
+    workdir = run_dir(name, config)
+    return train(config, workdir), workdir
 
 
 print(jax.devices())
@@ -51,12 +53,12 @@ print(jax.devices())
 # `configs/vq/tiny.py:tokens=4,bits=6`: an encoder downsamples 32x32 -> 4x4, lookup-free quantization turns each
 # of the 6 latent channels into a bit (64 codes), a decoder maps the codes back to pixels. Losses: L1 + L2 + LFQ's
 # commitment and entropy terms. The final evaluation reconstructs held-out scenes (PSNR, SSIM, codebook usage).
-# Re-running the cell resumes the run from its last checkpoint (and returns at once when it is done).
+# Re-running the cell resumes the run from its last checkpoint (and returns at once when it is done); after a
+# setting changed it trains into a new run directory, named by the settings.
 
 # %%
-tokenizer_dir = f"{WORK}/quickstart/tokenizer"
-tok = run(f"configs/vq/tiny.py:tokens=4,bits=6,steps={TOKENIZER_STEPS}", tokenizer_dir, "log_every=50",
-          *FAST_TOKENIZER)
+tok, tokenizer_dir = run(f"configs/vq/tiny.py:tokens=4,bits=6,steps={TOKENIZER_STEPS}", "quickstart/tokenizer",
+                         "log_every=50", *FAST_TOKENIZER)
 print({k: round(v, 3) for k, v in tok.items() if k in ("psnr", "ssim", "codebook_usage")})
 
 # %% [markdown]
@@ -67,10 +69,9 @@ print({k: round(v, 3) for k, v in tok.items() if k in ("psnr", "ssim", "codebook
 # compositions apart.
 
 # %%
-showo_dir = f"{WORK}/quickstart/showo"
 records = ",records=64" if FAST else ""
-final = run(f"configs/showo/tiny.py:steps={SHOWO_STEPS}{records}", showo_dir, f"tokenizer.workdir={tokenizer_dir}",
-            "log_every=50", *FAST_SHOWO)
+final, showo_dir = run(f"configs/showo/tiny.py:steps={SHOWO_STEPS}{records}", "quickstart/showo",
+                       f"tokenizer.workdir={tokenizer_dir}", "log_every=50", *FAST_SHOWO)
 print({k: round(v, 3) for k, v in final.items() if k.startswith(("t2i_match", "mmu_accuracy", "mmu_blind"))})
 
 # %% [markdown]

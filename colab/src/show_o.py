@@ -44,7 +44,7 @@ from mmjax.train.trainer import train
 
 RELEASED = all((SHOWO_WEIGHTS, MAGVIT_WEIGHTS, PHI_TOKENIZER))
 if FAST:
-    TOKENIZER_STEPS, SHOWO_STEPS = 2, 2
+    TOKENIZER_STEPS, SHOWO_STEPS = FAST_STEPS, FAST_STEPS
 
 
 def finished(workdir: str) -> bool:
@@ -56,10 +56,14 @@ def finished(workdir: str) -> bool:
         return False
 
 
-def train_once(config_spec: str, workdir: str, *overrides: str) -> None:
-    """`python -m mmjax.train --config SPEC --workdir DIR --config.<override> ...` unless DIR is finished."""
+def train_once(config_spec: str, name: str, *overrides: str) -> str:
+    """`python -m mmjax.train --config SPEC --workdir DIR --config.<override> ...` unless the run of these settings
+    (quickstart's, when the settings are its own) is finished; returns its directory."""
+    config = configlib.apply_overrides(configlib.load_config_file(config_spec), list(overrides))
+    workdir = run_dir(name, config)
     if not finished(workdir):
-        train(configlib.apply_overrides(configlib.load_config_file(config_spec), list(overrides)), workdir)
+        train(config, workdir)
+    return workdir
 
 
 print("released Show-o" if RELEASED else "tiny Show-o (set the three paths in the setup cell for the release)")
@@ -80,13 +84,12 @@ if RELEASED:
     variables = task.pretrained_variables()
     params, model_state = variables["params"], {"tokenizer": variables["tokenizer"]}
 else:  # quickstart.ipynb's two runs, trained here when they are absent
-    tokenizer_dir, showo_dir = f"{WORK}/quickstart/tokenizer", f"{WORK}/quickstart/showo"
-    train_once(f"configs/vq/tiny.py:tokens=4,bits=6,steps={TOKENIZER_STEPS}", tokenizer_dir,
-               *(["eval.max_examples=32"] if FAST else []))
-    train_once(f"configs/showo/tiny.py:steps={SHOWO_STEPS}{',records=64' if FAST else ''}", showo_dir,
-               f"tokenizer.workdir={tokenizer_dir}",
-               *(["eval.num_t2i=4", "eval.num_mmu=4", "eval.batch=4", "eval.loss_batches=1", "eval.t2i_steps=2",
-                  "eval.max_new_tokens=4"] if FAST else []))
+    tokenizer_dir = train_once(f"configs/vq/tiny.py:tokens=4,bits=6,steps={TOKENIZER_STEPS}", "quickstart/tokenizer",
+                               "log_every=50", *(["eval.max_examples=32"] if FAST else []))
+    showo_dir = train_once(f"configs/showo/tiny.py:steps={SHOWO_STEPS}{',records=64' if FAST else ''}",
+                           "quickstart/showo", f"tokenizer.workdir={tokenizer_dir}", "log_every=50",
+                           *(["eval.num_t2i=4", "eval.num_mmu=4", "eval.batch=4", "eval.loss_batches=1",
+                              "eval.t2i_steps=2", "eval.max_new_tokens=4"] if FAST else []))
     task, params, model_state = load_run(showo_dir)
 ev = task.config.eval
 decoding = dict(max_text_len=task.s, num_steps=int(ev.t2i_steps), guidance_scale=float(ev.guidance_scale),

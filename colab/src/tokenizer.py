@@ -34,7 +34,7 @@ from mmjax.train.checkpoint import load_params
 from mmjax.train.trainer import train
 
 if FAST:  # a couple of steps with the architecture of quickstart's tokenizer (4x4 ids, 64 codes)
-    CONFIG, PHOTO_SIZE = "configs/vq/photos.py:tokens=4,bits=6,steps=2", 64
+    CONFIG, PHOTO_SIZE = f"configs/vq/photos.py:tokens=4,bits=6,steps={FAST_STEPS}", 64
 
 # %% [markdown]
 # ## 1. Train
@@ -42,9 +42,10 @@ if FAST:  # a couple of steps with the architecture of quickstart's tokenizer (4
 # other photos (chelsea, rocket, camera, brick). Losses: L1 + L2 + LFQ's commitment and entropy terms.
 
 # %%
-workdir = f"{WORK}/tokenizer/photos"
 overrides = ["eval.max_examples=32", "data.eval.num_records=32"] if FAST else []
-final = train(configlib.apply_overrides(configlib.load_config_file(CONFIG), overrides), workdir)
+config = configlib.apply_overrides(configlib.load_config_file(CONFIG), overrides)
+workdir = run_dir("tokenizer/photos", config)
+final = train(config, workdir)
 print({k: round(v, 3) for k, v in final.items() if k in ("psnr", "ssim", "codebook_usage", "perplexity")})
 
 # %% [markdown]

@@ -59,6 +59,15 @@ with config.unlocked():
     config.data.train = config.data.eval = {"t2i": missing, "lm": missing, "mmu": {**missing, "format": "qa"}}
 
 # %% [markdown]
+# Before lowering anything the pre-flight checks the shapes against the slice (seconds, no compile). The tiny config
+# as shipped trains one 29-row bundle per step on a CPU; four chips cannot split one bundle, so the check names the
+# field and the nearest settings that work (`--fit` on the command line applies them); the config above sets them.
+
+# %%
+shipped = configlib.load_config_file(f"configs/showo/tiny.py:width={WIDTH},layers={LAYERS},tokenizer={scratch}")
+print(preflight.format_report(preflight.preflight(shipped, TOPOLOGY, compile=False)))
+
+# %% [markdown]
 # ## 2. Compile for the slice
 # The report holds the mesh the trainer chose, the batch per shard, and the compiler's memory plan per chip for
 # init and the train step. `fits` needs the peak at most 90% of HBM; `tight` is below 10% headroom; `does not fit`

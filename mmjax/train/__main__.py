@@ -26,10 +26,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_slices", type=cli.int_at_least(1), default=1,
                         help="with --compile_only: slices joined over the data-centre network (multi-slice)")
     parser.add_argument("--out", help="with --compile_only: write the report as JSON here")
+    parser.add_argument("--shapes_only", action="store_true", help="with --compile_only: shape checks, no compile")
+    parser.add_argument("--fit", action="store_true", help="with --compile_only: apply the nearest settings that fit")
+    parser.add_argument("--plan", help="a TPU slice: rank meshes, batch splits and remat by the cost model, compile "
+                        "the best --plan_k (mmjax.train.planner)")
+    parser.add_argument("--plan_k", type=cli.int_at_least(0), default=3, help="with --plan: plans to compile")
     args, rest = parser.parse_known_args(argv)
     if args.compile_only and not args.topology:
         parser.error("--compile_only needs --topology (e.g. v5e:4x4)")
-    if not args.compile_only and not args.workdir:
+    if not args.compile_only and not args.plan and not args.workdir:
         parser.error("--workdir is required (or --compile_only --topology ... to only check a TPU slice)")
     overrides = []
     for item in rest:
@@ -58,18 +63,23 @@ def _compile_only(args: argparse.Namespace, overrides: list[str]) -> int:
     from mmjax.train.preflight import format_report, preflight
 
     config = configlib.apply_overrides(configlib.load_config_file(args.config), overrides)
-    report = preflight(config, args.topology, num_slices=args.num_slices)
+    report = preflight(config, args.topology, num_slices=args.num_slices, compile=not args.shapes_only, fit=args.fit)
     print(format_report(report))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"config": args.config, "overrides": overrides, **report}, f, indent=1)
-    return cli.EXIT_FAILED if report["verdict"] == "does not fit" else cli.EXIT_OK
+    return {"does not fit": cli.EXIT_FAILED, "cannot check": cli.EXIT_USAGE}.get(report["verdict"], cli.EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
     command = _compile_only if args.compile_only else _train
+    if args.plan:
+        from mmjax.train import planner
+
+        command = lambda a, o: planner.main(configlib.apply_overrides(configlib.load_config_file(a.config), o),
+                                            a.plan, k=a.plan_k, num_slices=a.num_slices)
     return cli.run_main(lambda: command(args, overrides), debug=args.debug)
 
 

@@ -9,6 +9,12 @@ compiled for the slice. Nothing is allocated on them and nothing is read: no dat
 (tasks give their batch shapes from the config, `Task.example_batch`), so paper configs whose paths exist only on
 the training machines are checked anywhere.
 
+Before anything is lowered, the config's shapes are checked against the slice (`mmjax.train.slice_fit`): a batch
+that does not split over the batch shards, a mesh that is not the chip count, a `tensor` axis that does not divide
+the heads / MLP / vocabulary. Each becomes a "does not fit the slice: FIELD: ..." line with the nearest settings
+that work, and the verdict `does not fit` without compiling; `compile=False` stops after these checks (seconds, no
+libtpu compile), `fit=True` applies the nearest fix itself and says which.
+
 The compiler's per-chip accounting (`memory_analysis`) is reported against the chip's HBM: `fits` with at least
 10% headroom, `tight` below that (a run may still OOM on fragmentation or a libtpu update), `does not fit` when the
 peak exceeds HBM or the compiler refuses the program outright (its RESOURCE_EXHAUSTED message is kept). The peak is
@@ -25,7 +31,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from mmjax.train import tpu_slices
+from mmjax import configlib
+from mmjax.data.sources import DataError
+from mmjax.train import slice_fit, tpu_slices
 from mmjax.train.tpu_slices import GIB
 
 HEADROOM = 0.10           # `fits` needs the peak at most 90% of HBM
@@ -59,6 +67,10 @@ def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
     return report
 
 
+SHAPES_FIT = "shapes fit"  # the verdict of a check without a compile: memory not judged
+CANNOT_CHECK = "cannot check"  # the config's shapes depend on a file this machine lacks (e.g. a tokenizer)
+
+
 def verdict(peak: int | None, hbm: int) -> str:
     if peak is None or peak > hbm:
         return "does not fit"
@@ -66,40 +78,69 @@ def verdict(peak: int | None, hbm: int) -> str:
 
 
 def _compile(lower: Any) -> tuple[dict[str, Any], str]:
-    """(memory report, lowered text) of one program; an out-of-memory refusal becomes {"error": message}."""
+    """(memory report, lowered text) of one program; a compiler refusal becomes {"error": message}: out of
+    memory, or any other error the compiler raises for this program on this slice (kept, not a traceback)."""
     lowered = lower()
     text = lowered.as_text()
     try:
         return memory_report(lowered.compile()), text
     except jax.errors.JaxRuntimeError as e:
-        message = str(e)
-        if "RESOURCE_EXHAUSTED" not in message and "exceeds" not in message:
-            raise
-        return {"error": message.strip().splitlines()[0][:500]}, text
+        return {"error": str(e).strip().splitlines()[0][:500]}, text
 
 
-def preflight(config: ml_collections.ConfigDict, topology: str, *, num_slices: int = 1) -> dict[str, Any]:
-    """Compiles init and the train step of `config` for `num_slices` slices of `topology`; returns the report.
+def fit_config(config: ml_collections.ConfigDict, shapes: slice_fit.ModelShapes, devices: list[jax.Device],
+               num_slices: int = 1) -> list[str]:
+    """Applies the nearest fix of each shape problem to `config` (in place) until none is left or one has no fix;
+    returns the overrides applied."""
+    applied: list[str] = []
+    for _ in range(3):  # a mesh fix can expose a batch problem, whose fix keeps the mesh: at most a few rounds
+        problems = slice_fit.check(config, shapes, devices, num_slices)
+        if not problems or not problems[0].fixes:
+            break
+        overrides = list(problems[0].fixes[0].overrides)
+        with config.unlocked():
+            configlib.apply_overrides(config, overrides)
+        applied += overrides
+    return applied
 
-    Keys: topology, accelerator_type, chips, hbm_bytes_per_chip, mesh, batch_size (per micro-step),
-    grad_accum, examples_per_update, examples_per_shard, params, init / step (memory reports or {"error": ...}),
-    splash_kernels (Pallas kernels in the lowered step), peak_bytes, peak_fraction, verdict, compile_seconds.
+
+def preflight(config: ml_collections.ConfigDict, topology: str, *, num_slices: int = 1, compile: bool = True,
+              fit: bool = False, shapes: slice_fit.ModelShapes | None = None) -> dict[str, Any]:
+    """Checks the shapes of `config` against `num_slices` slices of `topology`, then compiles init and the train
+    step for them; returns the report.
+
+    Keys: topology, accelerator_type, num_slices, chips, hbm_bytes_per_chip, params, problems (the shape checks'
+    lines), fixed (overrides `fit` applied), verdict; when the shapes fit, also mesh, batch_size (per micro-step),
+    grad_accum, examples_per_update, examples_per_shard; when compiled, init / step (memory reports or
+    {"error": ...}), splash_kernels (Pallas kernels in the lowered step), peak_bytes, peak_fraction,
+    compile_seconds. `shapes` (from `slice_fit.model_shapes(config)`) saves tracing the model again.
     """
     from mmjax.train.trainer import Trainer
 
     spec = tpu_slices.parse_slice(topology)
     devices = topology_devices(spec.topology, num_slices)
     start = time.perf_counter()
+    report: dict[str, Any] = {
+        "topology": spec.topology, "accelerator_type": spec.accelerator_type, "num_slices": num_slices,
+        "chips": len(devices), "hbm_bytes_per_chip": spec.hbm_bytes, "params": None, "fixed": []}
+    try:
+        shapes = shapes or slice_fit.model_shapes(config)
+    except (OSError, DataError) as e:  # e.g. a prompt whose token count sets a row length needs the tokenizer
+        return {**report, "verdict": CANNOT_CHECK, "problems": [
+            f"cannot check the slice: the config's shapes need a file this machine lacks ({e}); point that field "
+            "at a local copy"]}
+    report["fixed"] = fit_config(config, shapes, devices, num_slices) if fit else []
+    problems = [p.line() for p in slice_fit.check(config, shapes, devices, num_slices)]
+    report.update(params=shapes.num_params, problems=problems)
+    if problems or not compile:
+        return {**report, "verdict": "does not fit" if problems else SHAPES_FIT}
     trainer = Trainer(config, None, devices=devices)
     trainer.build()
     accum = int(config.optim.get("grad_accum", 1))
     batch_shards = trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"]
-    report: dict[str, Any] = {
-        "topology": spec.topology, "accelerator_type": spec.accelerator_type, "num_slices": num_slices,
-        "chips": len(devices), "hbm_bytes_per_chip": spec.hbm_bytes, "mesh": dict(trainer.mesh.shape),
-        "batch_size": int(config.batch_size), "grad_accum": accum,
-        "examples_per_update": int(config.batch_size) * accum, "examples_per_shard": config.batch_size / batch_shards,
-        "params": trainer.num_params}
+    report.update(mesh=dict(trainer.mesh.shape), batch_size=int(config.batch_size), grad_accum=accum,
+                  examples_per_update=int(config.batch_size) * accum,
+                  examples_per_shard=config.batch_size / batch_shards, params=trainer.num_params)
     report["init"], _ = _compile(trainer.lower_init)
     report["step"], step_text = _compile(trainer.lower_step)
     report["splash_kernels"] = step_text.count(SPLASH_MARKER)
@@ -111,12 +152,22 @@ def preflight(config: ml_collections.ConfigDict, topology: str, *, num_slices: i
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A human-readable summary: per-chip GiB of each program and the verdict."""
+    """A human-readable summary: the shape problems, or per-chip GiB of each program; the verdict last."""
     gib = lambda b: f"{b / GIB:8.2f}"
-    mesh = " ".join(f"{k}={v}" for k, v in report["mesh"].items())
     slices = f" x {report['num_slices']} slices" if report["num_slices"] > 1 else ""
-    lines = [f"pre-flight {report['topology']} ({report['accelerator_type']}{slices}: {report['chips']} chips x "
-             f"{report['hbm_bytes_per_chip'] / GIB:.0f} GiB HBM), mesh {mesh}, {report['params']:,} params",
+    params = "" if report["params"] is None else f", {report['params']:,} params"
+    head = (f"pre-flight {report['topology']} ({report['accelerator_type']}{slices}: {report['chips']} chips x "
+            f"{report['hbm_bytes_per_chip'] / GIB:.0f} GiB HBM){params}")
+    applied = " ".join(f"--config.{o}" for o in report["fixed"])
+    fixed = [f"applied to fit the slice: {applied}"] if applied else []
+    if "step" not in report:
+        last = {"does not fit": "verdict: does not fit the slice (shape checks; nothing compiled)",
+                SHAPES_FIT: "verdict: shapes fit the slice (shape checks only: memory not compiled)",
+                CANNOT_CHECK: "verdict: cannot check the slice (a file the shapes depend on is missing)"}
+        last = last[report["verdict"]]
+        return "\n".join([head, *fixed, *report["problems"], last])
+    mesh = " ".join(f"{k}={v}" for k, v in report["mesh"].items())
+    lines = [f"{head}, mesh {mesh}", *fixed,
              f"batch {report['batch_size']} x grad_accum {report['grad_accum']} = {report['examples_per_update']} "
              f"per update ({report['examples_per_shard']:g} per batch shard per micro-step); "
              f"splash kernels in the step: {report['splash_kernels']}",

@@ -140,6 +140,10 @@ class VQTask(Task):
             image = image[:, ::-1]
         return {"image": image.astype(np.float32) / 127.5 - 1.0}
 
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Shapes from the config (`image_size`): no data is read (compile-only checks of paper configs)."""
+        return {"image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32)}
+
     # -- model --------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> dict[str, Any]:
         model_rng, disc_rng, lpips_rng = jax.random.split(rng, 3)
