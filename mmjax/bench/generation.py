@@ -107,4 +107,10 @@ def mmu_decode(batch: int, *, res: int = 256, question_len: int = 24, new: int =
     run = lambda: showo_model.mmu_generate(model, params, codes, question, qlen, max_new_tokens=new,
                                            stop_tokens=(-1,)).tokens
     sec, _ = timed(run, warmup=1, iters=iters)
-    return {"result": {"ms": sec * 1e3, "tokens_per_s": batch * new / sec, "prompt_tokens": n + 4 + question_len}}
+    prompt = n + 4 + question_len
+    cfg = model.cfg
+    peer = {"batch": batch, "prompt_len": prompt, "new_tokens": new, "hidden": cfg.hidden_size,
+            "layers": cfg.num_layers, "heads": cfg.num_heads, "mlp": cfg.mlp_dim, "vocab": model.vocab.vocab_size,
+            "qk_layernorm": True}
+    return {"result": {"ms": sec * 1e3, "tokens_per_s": batch * new / sec, "prompt_tokens": prompt},
+            "peer": ("phi_generate", peer)}
