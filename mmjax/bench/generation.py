@@ -32,7 +32,7 @@ def lm_stack(cfg: Any) -> flops.Stack:
 
 
 def lm_decode(batch: int, *, preset: str = "phi-1.5", prompt: int = 128, new: int = 256, hbm: float | None = None,
-              iters: int = 5) -> dict[str, Any]:
+              iters: int = 5, steps_per_iteration: int = 1) -> dict[str, Any]:
     """Greedy decoding with bf16 weights; `ms` is one whole `generate` call (prefill + `new` tokens)."""
     from mmjax.models.generate import generate
     from mmjax.models.lm import LM, get_config
@@ -41,7 +41,7 @@ def lm_decode(batch: int, *, preset: str = "phi-1.5", prompt: int = 128, new: in
     model = LM(cfg)
     params = _random_params(model, jnp.zeros((1, 8), jnp.int32), jnp.bfloat16)
     ids = jax.random.randint(jax.random.key(batch), (batch, prompt), 0, cfg.vocab_size)
-    gen = lambda n: generate(model, params, ids, max_new_tokens=n).tokens
+    gen = lambda n: generate(model, params, ids, max_new_tokens=n, steps_per_iteration=steps_per_iteration).tokens
     full, _ = timed(lambda: gen(new), warmup=1, iters=iters)
     one, _ = timed(lambda: gen(1), warmup=1, iters=iters)
     per_token = (full - one) / (new - 1)  # the decode loop alone, prefill subtracted
