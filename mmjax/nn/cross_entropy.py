@@ -53,11 +53,11 @@ def _fused(h, kernel, labels, weights, chunk, columns):
 
 def _fused_fwd(h, kernel, labels, weights, chunk, columns):
     nll, correct, dh, dw = _chunk_loss_and_grads(h, kernel, labels, weights, chunk, columns)
-    return (nll, correct), (dh, dw.astype(kernel.dtype), labels, weights)
+    return (nll, correct), (dh, dw.astype(kernel.dtype), weights)
 
 
 def _fused_bwd(chunk, columns, saved, cotangents):
-    dh, dw, labels, weights = saved
+    dh, dw, weights = saved
     g = cotangents[0]  # the correct count is a metric: its cotangent is ignored
     return ((g * dh.astype(jnp.float32)).astype(dh.dtype), (g * dw.astype(jnp.float32)).astype(dw.dtype),
             None, jnp.zeros_like(weights))
