@@ -55,6 +55,7 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "matmul_shapes": (kernels.matmul_shapes, {}, {}),
     "attention_padding": (kernels.attention_padding, {}, {}),
     "embedding_grad": (kernels.embedding_gradient, {}, {}),
+    "head_ce": (kernels.head_cross_entropy, {}, {}),
     **input_workloads.WORKLOADS,  # input_llava_ov, input_showo_raw, input_showo_tokenized: host preprocessing rates
 }
 
