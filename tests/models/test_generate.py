@@ -114,18 +114,16 @@ def test_sampling_filters():
 
 
 def test_several_steps_per_loop_iteration_give_the_same_tokens_and_stops():
-    """4 tokens per turn of the device loop over 6 new tokens (the last turn overshoots by 3): same as 1 per turn,
-    with a stop token too."""
+    """4 tokens per turn of the device loop over 6 new tokens (the last turn overshoots by 3): the same tokens and
+    lengths as 1 per turn, with one row stopping early (on its second token) and the other not."""
     model, params = _setup()
     prompt = jax.random.randint(jax.random.key(1), (2, 4), 0, 128)
-    one = generate(model, params, prompt, max_new_tokens=NEW)
-    four = generate(model, params, prompt, max_new_tokens=NEW, steps_per_iteration=4)
-    np.testing.assert_array_equal(four.tokens, one.tokens)
-    np.testing.assert_array_equal(four.lengths, one.lengths)
-    stop = int(np.asarray(one.tokens)[0, 1])
+    free = np.asarray(generate(model, params, prompt, max_new_tokens=NEW).tokens)
+    stop = int(free[0, 1])
     stopped = [generate(model, params, prompt, max_new_tokens=NEW, stop_tokens=(stop,), pad_id=-1,
                         steps_per_iteration=k) for k in (1, 4)]
     np.testing.assert_array_equal(stopped[0].tokens, stopped[1].tokens)
     np.testing.assert_array_equal(stopped[0].lengths, stopped[1].lengths)
+    assert int(stopped[1].lengths[0]) <= 2 and (np.asarray(stopped[1].tokens[0, 2:]) == -1).all()
     with pytest.raises(ValueError, match="steps_per_iteration=0"):
         generate(model, params, prompt, max_new_tokens=NEW, steps_per_iteration=0)
