@@ -46,7 +46,7 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "llava_ov_0p5b": (training.llava_onevision, {}, dict(config="configs/llava/tiny.py", batch=2, seq=128)),
     "llava15_7b": (training.llava15, {}, {}),
     "vit_l14_336": (training.vit, {}, dict(variant="Ti/16", res=32, batch=4)),
-    "vit_l14_336_unrolled": (training.vit, dict(overrides=("model.scan=False",)), {}),
+    "vit_l14_336_scanned": (training.vit, dict(overrides=("model.scan=True",)), {}),
     "lm_decode": (generation.lm_decode, dict(batch=1), dict(batch=1, preset="tiny-phi", prompt=8, new=8)),
     "lm_decode_b32": (generation.lm_decode, dict(batch=32), dict(batch=2, preset="tiny-phi", prompt=8, new=8)),
     "t2i_256": (generation.t2i, dict(batch=32), dict(batch=2, res=64, steps=3, preset="tiny-phi")),
@@ -55,6 +55,7 @@ WORKLOADS: dict[str, tuple[Workload, dict[str, Any], dict[str, Any]]] = {
     "matmul_shapes": (kernels.matmul_shapes, {}, {}),
     "attention_padding": (kernels.attention_padding, {}, {}),
     "embedding_grad": (kernels.embedding_gradient, {}, {}),
+    "head_ce": (kernels.head_cross_entropy, {}, {}),
     **input_workloads.WORKLOADS,  # input_llava_ov, input_showo_raw, input_showo_tokenized: host preprocessing rates
 }
 

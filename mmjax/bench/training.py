@@ -19,13 +19,35 @@ from mmjax.bench.measure import peak_memory_gib, timed, utilisation
 # Synthetic text needs no tokenizer file: byte-level ids (the model's vocabulary is unchanged).
 ONEVISION_OVERRIDES = ("text.tokenizer=byte", "text.tokenizer_path=", "optim.frozen=('^vision_tower/',)",
                        "optim.lr_mult={}")
-LLAVA15_OVERRIDES = ("text.tokenizer=byte", "text.tokenizer_path=", "model.lm.param_dtype=bfloat16")
+LLAVA15_OVERRIDES = ("text.tokenizer=byte", "text.tokenizer_path=")
+# Fields the shipped configs leave at their module defaults, set by the workloads (then `--set` may change them):
+# LLaVA-1.5-7B keeps bf16 LM parameters (with them, AdamW's state is bf16 too: 7B x (2 + 2 + 4) bytes = 54 GB, which
+# leaves a 141 GB GPU room for the activations; float32 needs 112 GB before any activation).
+LLAVA15_FIELDS = {"model.lm.param_dtype": "bfloat16"}
+# ViT-L/14 at 336 px on one GPU: the 577 tokens padded once to 584 so every layer runs cuDNN's fused kernel with a
+# key length (instead of a pad and a slice per layer), the layers unrolled (a scanned stack spends its time in the
+# stacked-gradient bookkeeping on one GPU), and matmul outputs + the attention kernel's outputs kept for the
+# backward while norms and GELU are recomputed (batch 128 then fits next to the peer's memory).
+VIT_FIELDS = {"model.token_multiple": 8, "model.scan": False, "model.remat_policy": "dots_and_attention"}
 
 
-def build(config_spec: str, overrides: list[str]) -> Any:
+def set_fields(config: Any, fields: dict[str, Any]) -> Any:
+    """Sets dotted `fields` on a locked config, adding those its file does not declare."""
+    for dotted, value in fields.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        with node.unlocked():
+            node[leaf] = value
+    return config
+
+
+def build(config_spec: str, overrides: list[str], fields: dict[str, Any] | None = None) -> Any:
     from mmjax.train.trainer import Trainer
 
-    config = configlib.apply_overrides(configlib.load_config_file(config_spec), overrides)
+    config = set_fields(configlib.load_config_file(config_spec), fields or {})
+    config = configlib.apply_overrides(config, overrides)
     trainer = Trainer(config, workdir=None)
     trainer.build()
     return trainer
@@ -102,7 +124,8 @@ def vit(variant: str = "L/14", res: int = 336, batch: int = 128, *, ceiling: flo
         iters: int = 10, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """CLIP ViT-L/14 at 336 px with a class token and a 1000-way head (configs/vit/i1k.py's recipe)."""
     trainer = build(f"configs/vit/i1k.py:variant={variant},batch_size={batch}",
-                    [f"augment.image_size={res}", "model.pool_type=tok", "augment.mixup_alpha=0.0", *overrides])
+                    [f"augment.image_size={res}", "model.pool_type=tok", "augment.mixup_alpha=0.0", *overrides],
+                    VIT_FIELDS)
     sec, metrics = time_steps(trainer, iters)
     d = trainer.task.model.dims()
     patch = d["patch_size"][0]
@@ -120,12 +143,17 @@ def llava15(*, size: str = "7b", batch: int = 8, ceiling: float | None = None, i
             overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """LLaVA-1.5 stage 2 (CLIP-L/336 frozen, projector + Vicuna trained, FSDP rules as for a pod) on the devices
     at hand. On one 141 GB GPU the 7B model's float32 parameters, gradients and Adam state (112 GB) leave no room
-    for activations, so the LM keeps bf16 parameters here (`model.lm.param_dtype`); batch as given."""
+    for activations, so the LM keeps bf16 parameters here (`LLAVA15_FIELDS`); batch as given. The peer
+    (scripts/peers/llava15_step.py) keeps bf16 parameters and optimizer state too.
+    The FLOPs counted are the LM's training step; the frozen tower's forward is left out on both sides."""
     trainer = build(f"configs/llava/llava15.py:stage=2,size={size}",
-                    [f"batch_size={batch}", *LLAVA15_OVERRIDES, *overrides])
+                    [f"batch_size={batch}", *LLAVA15_OVERRIDES, *overrides], LLAVA15_FIELDS)
     cfg = trainer.task.model_cfg
     sec, metrics = time_steps(trainer, iters)
     seq = trainer.config.text.max_len
     out = _result(trainer, sec, metrics, flops.train(lm_stack(cfg.lm), batch, seq), ceiling,
                   tokens_per_s=batch * seq / sec, samples_per_s=batch / sec)
-    return {"result": out}
+    lm = cfg.lm
+    peer = {"batch": batch, "seq_len": seq, "lr": trainer.config.optim.lr, "hidden": lm.hidden_size,
+            "layers": lm.num_layers, "heads": lm.num_heads, "mlp": lm.mlp_dim, "vocab": lm.vocab_size}
+    return {"result": out, "peer": ("llava15_step", peer)}

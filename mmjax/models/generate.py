@@ -62,11 +62,15 @@ def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float = 0.0, t
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "stop_tokens", "pad_id", "cache_dtype"))
+                                             "stop_tokens", "pad_id", "cache_dtype", "steps_per_iteration"))
 def _generate(params, prompt, valid, prefill_mask, prompt_embeds, rng, *, model, max_new_tokens, temperature,
-              top_k, top_p, stop_tokens, pad_id, cache_dtype):
+              top_k, top_p, stop_tokens, pad_id, cache_dtype, steps_per_iteration):
     batch, plen = prompt.shape
-    max_len = plen + max_new_tokens
+    # The loop runs whole iterations of `steps_per_iteration` tokens: buffers get room for the last one's overshoot
+    # (its extra tokens are cut off below and never seen by the real ones, which precede them).
+    iterations = -(-(max_new_tokens - 1) // steps_per_iteration)
+    room = 1 + iterations * steps_per_iteration
+    max_len = plen + room
     cache = init_cache(model.cfg, batch, max_len, cache_dtype)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
 
@@ -78,7 +82,7 @@ def _generate(params, prompt, valid, prefill_mask, prompt_embeds, rng, *, model,
     else:
         mask, is_causal = jnp.broadcast_to(prefill_mask, (batch, 1, plen, plen)), False
         mask = (mask & valid[:, None, None, :]) | (~valid[:, None, :, None] & eye)
-    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, max_new_tokens)))  # cache slots beyond the prompt
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, room)))  # cache slots beyond the prompt
     variables = {"params": params}
     ids_in = None if prompt_embeds is not None else prompt
     logits, cache = model.apply(variables, ids_in, embeds=prompt_embeds, positions=positions, mask=mask,
@@ -86,16 +90,16 @@ def _generate(params, prompt, valid, prefill_mask, prompt_embeds, rng, *, model,
     rng, step_rng = jax.random.split(rng)
     stop = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     token = sample_logits(logits[:, -1], step_rng, temperature, top_k, top_p)
-    tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
+    tokens = jnp.full((batch, room), pad_id, jnp.int32).at[:, 0].set(token)
     done = jnp.isin(token, stop)
-    key_valid = jnp.concatenate([valid, jnp.ones((batch, max_new_tokens), bool)], axis=1)
+    key_valid = jnp.concatenate([valid, jnp.ones((batch, room), bool)], axis=1)
     next_pos = positions[:, -1] + 1
 
     def cond(state):
         step, _, _, _, done, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
-    def body(state):
+    def one_step(state):
         step, tokens, cache, token, done, rng = state
         logits, cache = model.apply(variables, token[:, None], positions=(next_pos + step - 1)[:, None],
                                     mask=key_valid[:, None, None, :], is_causal=True, cache=cache)
@@ -106,8 +110,14 @@ def _generate(params, prompt, valid, prefill_mask, prompt_embeds, rng, *, model,
         done = done | jnp.isin(new, stop)
         return step + 1, tokens, cache, new, done, rng
 
+    def body(state):
+        for _ in range(steps_per_iteration):
+            state = one_step(state)
+        return state
+
     state = (jnp.ones((), jnp.int32), tokens, cache, token, done, rng)
     _, tokens, _, _, _, _ = jax.lax.while_loop(cond, body, state)
+    tokens = tokens[:, :max_new_tokens]
     is_stop = jnp.isin(tokens, stop)
     first_stop = jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1) + 1, max_new_tokens)
     return GenerateOutput(tokens, first_stop.astype(jnp.int32))
@@ -117,23 +127,27 @@ def generate(model: nn.Module, params: Any, prompt: jax.Array, *, max_new_tokens
              prompt_valid: jax.Array | None = None, prefill_mask: jax.Array | None = None,
              prompt_embeds: jax.Array | None = None, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
-             rng: jax.Array | None = None, cache_dtype: Any = None) -> GenerateOutput:
+             rng: jax.Array | None = None, cache_dtype: Any = None,
+             steps_per_iteration: int = 1) -> GenerateOutput:
     """Generates up to `max_new_tokens` ids after each LEFT-padded prompt row.
 
     prompt (B, P) int; prompt_valid (B, P) bool marks real tokens (default: all); prefill_mask (B|1, 1, P, P)
     bool replaces the causal prefill pattern (e.g. a bidirectional image prefix); prompt_embeds (B, P, E)
     replaces the prompt's token embeddings in the prefill (LLaVA spliced image features). `params` is the
     'params' collection (boxed or not). Greedy by default; temperature > 0 samples with top_k / top_p.
+    `steps_per_iteration` tokens are decoded per turn of the device loop (the stop test runs between turns), so
+    the loop's per-turn cost (its predicate read back to the host, one launch of the body) is paid that many
+    times less often; the tokens are the same for any value.
     """
     prompt = jnp.asarray(prompt, jnp.int32)
     valid = jnp.ones(prompt.shape, bool) if prompt_valid is None else jnp.asarray(prompt_valid, bool)
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or steps_per_iteration < 1:
         raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}, "
-                         f"max_new_tokens={max_new_tokens}")
+                         f"max_new_tokens={max_new_tokens}, steps_per_iteration={steps_per_iteration}")
     rng = jax.random.key(0) if rng is None else rng
     cache_dtype = jnp.dtype(cache_dtype or model.cfg.dtype)
     model, params = unrolled_for_decoding(model, nn.unbox(params))
     return _generate(params, prompt, valid, prefill_mask, prompt_embeds, rng, model=model,
                      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                      top_p=float(top_p), stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
-                     cache_dtype=cache_dtype)
+                     cache_dtype=cache_dtype, steps_per_iteration=int(steps_per_iteration))

@@ -62,12 +62,14 @@ class EncoderBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False,
+                 kv_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """`kv_lengths` (B,) hides the padding tokens the encoder appended (see `ViT.token_multiple`)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = x.shape[-1]
         y = norm("layernorm", self.ln_eps, name="ln1", **kw)(x)
         y = Attention(num_heads=self.num_heads, head_dim=width // self.num_heads, out_name="out_proj",
-                      backend=self.backend, name="attn", **kw)(y)
+                      backend=self.backend, name="attn", **kw)(y, kv_lengths=kv_lengths)
         x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
         y = norm("layernorm", self.ln_eps, name="ln2", **kw)(x)
         y = Mlp(self.mlp_dim, act=self.act, name="mlp", **kw)(y)
@@ -83,16 +85,17 @@ class Encoder(nn.Module):
     remat_policy: str = "none"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False,
+                 kv_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Returns the output and every layer's output stacked (depth, B, N, D) for feature selection."""
         block_cls = maybe_remat(EncoderBlock, self.remat_policy, static_argnums=(2,), prevent_cse=not self.scan)
         if self.scan:
-            x, hidden = scanned(block_cls, self.depth, in_axes=(nn.broadcast,))(**self.block, name="layers")(
-                x, train)
+            x, hidden = scanned(block_cls, self.depth, in_axes=(nn.broadcast, nn.broadcast))(
+                **self.block, name="layers")(x, train, kv_lengths)
             return x, hidden
         hidden = []
         for i in range(self.depth):
-            x, _ = block_cls(**self.block, name=f"block_{i}")(x, train)
+            x, _ = block_cls(**self.block, name=f"block_{i}")(x, train, kv_lengths)
             hidden.append(x)
         return x, jnp.stack(hidden)
 
@@ -141,6 +144,7 @@ class ViT(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     backend: str = "auto"
+    token_multiple: int = 1           # pad the encoder's tokens to a multiple of this (keys hidden); 1: no padding
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -178,7 +182,17 @@ class ViT(nn.Module):
         block = dict(num_heads=d["num_heads"], mlp_dim=d["mlp_dim"], act=self.act, ln_eps=self.ln_eps,
                      dropout=self.dropout, backend=self.backend, **kw)
         embedded = x
-        x, hidden = Encoder(d["depth"], block, self.scan, self.remat_policy, name="encoder")(x, train)
+        tokens = x.shape[1]
+        padded = -(-tokens // self.token_multiple) * self.token_multiple
+        kv_lengths = None
+        if padded != tokens:
+            # One pad for the whole stack instead of one per layer: CLIP-L/336's 577 tokens (odd, which cuDNN's
+            # training kernels refuse) become 584, every block runs the fused kernel with the real length as its
+            # key length, and the padded rows are cut off below. Real tokens never see the padding.
+            x = jnp.pad(x, ((0, 0), (0, padded - tokens), (0, 0)))
+            kv_lengths = jnp.full((b,), tokens, jnp.int32)
+        x, hidden = Encoder(d["depth"], block, self.scan, self.remat_policy, name="encoder")(x, train, kv_lengths)
+        x, hidden = x[:, :tokens], hidden[:, :, :tokens]
         # hidden_states[0] is the encoder input, [i] the output of block i (HF's numbering).
         extras = {"hidden_states": jnp.concatenate([embedded[None], hidden]), "encoded": x}
         if self.final_norm == "all":

@@ -13,6 +13,19 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+# The fused attention kernels' forward primitives (jax.nn.dot_product_attention's cuDNN path): their outputs are the
+# attention output and the softmax statistics that the backward kernel needs.
+_ATTENTION_KERNELS = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd"})
+
+
+def _dots_and_attention(prim: Any, *args: Any, **params: Any) -> bool:
+    """Saves every matmul without batch dimensions (projections, MLP) and the fused attention kernel's outputs;
+    recomputes norms, activations and residual adds, which are elementwise and cheap to redo."""
+    if getattr(prim, "name", "") in _ATTENTION_KERNELS:
+        return True
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+
+
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,  # no rematerialisation at all
     "full": None,  # recompute everything in the backward pass (save only the block inputs)
@@ -22,6 +35,9 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "qkv_attention_out": jax.checkpoint_policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj", "attention_out"),
     "everything": jax.checkpoint_policies.everything_saveable,
+    # projections + attention kernel saved (the XLA attention path also keeps its tagged output)
+    "dots_and_attention": jax.checkpoint_policies.save_from_both_policies(
+        _dots_and_attention, jax.checkpoint_policies.save_only_these_names("attention_out")),
 }
 
 

@@ -1,5 +1,7 @@
 """`phi_generate`: Phi-1.5 greedy decoding with transformers' `generate`, bf16 weights, exactly `new_tokens` new
-tokens per row (min = max new tokens, so eos never stops a row early).
+tokens per row (min = max new tokens, so eos never stops a row early). With Show-o's vocabulary, `qk_layernorm` and
+the MMU prompt's length it is also the peer of `mmu_decode` (Show-o answering about an image: the image tokens are
+ordinary prompt tokens to the LM).
 
 Fastest HF setup: with --compile 1 a static KV cache (`cache_implementation="static"`), for which generate compiles
 the decoding forward itself on a GPU (torch.compile, mode "reduce-overhead": CUDA graphs); if that fails, the
@@ -18,6 +20,7 @@ from transformers import PhiConfig, PhiForCausalLM
 DEFAULT_SPEC: dict[str, Any] = {
     "batch": 1, "prompt_len": 128, "new_tokens": 256,
     "hidden": 2048, "layers": 24, "heads": 32, "mlp": 8192, "vocab": 51200,
+    "qk_layernorm": False,  # True: Show-o's Phi (LayerNorm on q and k per head), for the `mmu_decode` peer
 }
 STATIC, DYNAMIC = "static_cache", "dynamic_cache"
 
@@ -26,6 +29,7 @@ def build_model(spec: dict[str, Any], device: torch.device) -> PhiForCausalLM:
     config = PhiConfig(
         vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
         num_attention_heads=spec["heads"], intermediate_size=spec["mlp"], partial_rotary_factor=0.5,
+        qk_layernorm=spec["qk_layernorm"],
         hidden_act="gelu_new", layer_norm_eps=1e-5, max_position_embeddings=2048,
         attn_implementation=spec["attention"], bos_token_id=spec["vocab"] - 1, eos_token_id=spec["vocab"] - 1,
         pad_token_id=spec["vocab"] - 1)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import common
+import llava15_step
 import llava_ov_step
 import phi_generate
 import showo_step
@@ -24,7 +25,7 @@ import showo_t2i
 import torch
 import vit_step
 
-WORKLOADS = {m.__name__: m for m in (showo_step, llava_ov_step, vit_step, phi_generate, showo_t2i)}
+WORKLOADS = {m.__name__: m for m in (showo_step, llava_ov_step, llava15_step, vit_step, phi_generate, showo_t2i)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -111,3 +111,19 @@ def test_sampling_filters():
     with pytest.raises(ValueError, match="bad sampling"):
         generate(model, params, prompt, max_new_tokens=4, top_p=0.0)
 
+
+
+def test_several_steps_per_loop_iteration_give_the_same_tokens_and_stops():
+    """4 tokens per turn of the device loop over 6 new tokens (the last turn overshoots by 3): the same tokens and
+    lengths as 1 per turn, with one row stopping early (on its second token) and the other not."""
+    model, params = _setup()
+    prompt = jax.random.randint(jax.random.key(1), (2, 4), 0, 128)
+    free = np.asarray(generate(model, params, prompt, max_new_tokens=NEW).tokens)
+    stop = int(free[0, 1])
+    stopped = [generate(model, params, prompt, max_new_tokens=NEW, stop_tokens=(stop,), pad_id=-1,
+                        steps_per_iteration=k) for k in (1, 4)]
+    np.testing.assert_array_equal(stopped[0].tokens, stopped[1].tokens)
+    np.testing.assert_array_equal(stopped[0].lengths, stopped[1].lengths)
+    assert int(stopped[1].lengths[0]) <= 2 and (np.asarray(stopped[1].tokens[0, 2:]) == -1).all()
+    with pytest.raises(ValueError, match="steps_per_iteration=0"):
+        generate(model, params, prompt, max_new_tokens=NEW, steps_per_iteration=0)

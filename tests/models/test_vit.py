@@ -57,3 +57,20 @@ def test_params_carry_logical_axes():
     v = ViT(variant="Mu/2", num_classes=3).init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
     fc1 = v["params"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
     assert isinstance(fc1, nn.LogicallyPartitioned) and fc1.names == ("embed", "mlp")
+
+
+def test_token_padding_keeps_outputs_and_gradients():
+    """5 tokens (4 patches + class token) padded to 8 with the keys hidden: the same function as unpadded."""
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+    make = lambda multiple: ViT(variant="Mu/4", num_classes=5, head_zero_init=False, scan=True,
+                                remat_policy="dots_and_attention", token_multiple=multiple)
+    plain, padded = make(1), make(8)
+    params = strip_boxes(plain.init(jax.random.key(0), x))["params"]
+    (a, ea), (b, eb) = plain.apply({"params": params}, x), padded.apply({"params": params}, x)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert eb["hidden_states"].shape == ea["hidden_states"].shape == (5, 3, 5, 64)
+    np.testing.assert_allclose(ea["hidden_states"], eb["hidden_states"], rtol=1e-5, atol=1e-5)
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x)[0] ** 2)
+    ga, gb = jax.grad(loss(plain))(params), jax.grad(loss(padded))(params)
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)

@@ -187,10 +187,22 @@ def test_llava_ov_step(capsys):
 
 def test_phi_generate(capsys):
     spec = {"batch": 2, "prompt_len": 5, "new_tokens": 7, "hidden": 32, "layers": 2, "heads": 4, "mlp": 64,
-            "vocab": 50}
+            "vocab": 50, "qk_layernorm": True}  # Show-o's Phi, as for the mmu_decode peer
     r = _run(capsys, "phi_generate", spec)
     assert r["new_tokens"] == 14 and r["prompt_tokens"] == 10 and r["generate_mode"] == "dynamic_cache"
     assert "fallback_reason" not in r
+
+
+def test_llava15_step(capsys):
+    spec = {"batch": 2, "seq_len": 24, "hidden": 32, "layers": 2, "heads": 4, "mlp": 64, "vocab": 50,
+            "vision_hidden": 32, "vision_layers": 3, "vision_heads": 4, "vision_mlp": 64, "patch": 14,
+            "image_size": 28, "prompt_tokens": 5}
+    r = _run(capsys, "llava15_step", spec)
+    assert r["image_tokens"] == 4 and r["tokens"] == 2 * 24 and r["images"] == 2
+    assert len(r["losses"]) == 3 and r["losses"][0] == pytest.approx(math.log(51), abs=0.3)
+    # frozen tower: only LLaMA (embeddings and untied head of 50 + 1 image ids, 2 layers of 4 x 32^2 attention +
+    # 3 x 32 x 64 MLP + 2 norms, final norm) and the two-layer projector (2 x (32^2 + 32)) train
+    assert r["trainable_params"] == 2 * 51 * 32 + 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 32 + 2 * (32 * 32 + 32)
 
 
 def test_spec_rejects_unknown_fields():
