@@ -11,6 +11,10 @@ the reasons, once the `StarvationLimits` are exceeded. Skips are counted where r
 threads, or with `worker_count > 0` each worker process in its own copy of the counter), so every batch carries
 the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to the trainer's counter: the
 counts reach the trainer in both modes.
+
+On several hosts, each host takes its rows of every global batch of one global order (`host_rows`), so P hosts
+train on exactly the batches one process would; a sharded source (`sharded.HostStrided`) is split by host first
+and each host shuffles its own shards.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import grain
 import jax
 import numpy as np
 
+from mmjax.data import sharded
 from mmjax.data.sources import DataError
 
 log = logging.getLogger(__name__)
@@ -203,6 +208,29 @@ def host_slice(ds: grain.MapDataset) -> grain.MapDataset:
     return ds[jax.process_index()::jax.process_count()]
 
 
+class _HostRows:
+    """Record j of host p's share: row j % b of global batch j // b, i.e. global record (j // b) * B + p * b + j % b
+    (B = P * b); a callable object so that grain's worker processes can pickle it."""
+
+    def __init__(self, ds: grain.MapDataset, host: int, local: int, hosts: int):
+        self.ds, self.host, self.local, self.hosts = ds, host, local, hosts
+
+    def __call__(self, j: int) -> Any:
+        block, row = divmod(int(j), self.local)
+        return self.ds[block * self.local * self.hosts + self.host * self.local + row]
+
+
+def host_rows(ds: grain.MapDataset, global_batch_size: int) -> grain.MapDataset:
+    """This host's rows of every global batch of `ds`, in order: the hosts' local batches stacked in process order
+    are the global batch one process would make, row for row (same records, same per-row randomness in the step).
+    """
+    hosts = jax.process_count()
+    if hosts == 1:
+        return ds
+    local = local_batch_size(global_batch_size)
+    return grain.MapDataset.range(len(ds) // hosts).map(_HostRows(ds, jax.process_index(), local, hosts))
+
+
 def local_batch_size(global_batch_size: int) -> int:
     if global_batch_size % jax.process_count():
         raise ValueError(f"batch size {global_batch_size} not divisible by {jax.process_count()} hosts")
@@ -217,8 +245,12 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
     `counter` receives the skip counts of the batches as they are consumed; `limits` stop a starved pipeline.
     """
     local = SkipCounter(limits)   # where the records are processed: copied into each worker process
-    ds = host_slice(grain.MapDataset.source(_CountUndecodable(source, local))).seed(seed).shuffle().repeat()
+    ds = grain.MapDataset.source(_CountUndecodable(source, local))
+    sharded_source = isinstance(source, sharded.HostStrided)   # a host can read only its own shards
+    ds = (host_slice(ds) if sharded_source else ds).seed(seed).shuffle().repeat()
     ds = ds.random_map(_safe(preprocess, local)).filter(lambda x: x is not None)
+    if not sharded_source:   # one global order, each host taking its rows of every global batch
+        ds = host_rows(ds, global_batch_size)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
     it = it.batch(local_batch_size(global_batch_size), drop_remainder=True).map(_AttachSkips(local))
     if worker_count > 0:

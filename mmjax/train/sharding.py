@@ -8,7 +8,6 @@ heads / MLP / vocab over `tensor`, and data parallelism of the batch over `data`
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,16 +149,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def maybe_initialize_distributed() -> None:
-    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars).
+    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars);
+    see `mmjax.train.multihost` for the variables read and the timeouts.
 
     A Cloud TPU VM reached over ssh need not have the TPU variables in its environment (libtpu and jax read the
     slice's workers from the metadata server), so `scripts/tpu/worker_loop.sh` sets MMJAX_DISTRIBUTED=1:
     `jax.distributed.initialize()` then finds the coordinator and this host's index by itself.
     """
-    wanted = os.environ.get("MMJAX_DISTRIBUTED") == "1" or any(
-        v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
-                                  "MEGASCALE_COORDINATOR_ADDRESS"))
-    if os.environ.get("SLURM_NTASKS") == "1":
-        wanted = False
-    if wanted and not jax.distributed.is_initialized():  # must run before any backend is touched
-        jax.distributed.initialize()
+    from mmjax.train import multihost
+
+    multihost.initialize()
