@@ -12,8 +12,10 @@ also be `gs://` URLs (Cloud TPU pods): directory listing and moves go through et
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -78,6 +80,14 @@ def restore_newest(ckpt_dir: str, steps: list[int], restore: Callable[[int], T])
     raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({reasons})")
 
 
+def data_process_count(data_dir: str) -> int | None:
+    """How many processes wrote a checkpoint's data positions (grain's `process_<i>-of-<n>.json`); None if none."""
+    directory = epath.Path(data_dir)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    counts = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json$").match, names) if m}
+    return counts.pop() if len(counts) == 1 else None
+
+
 class Checkpointer:
     """Thin policy layer over `ocp.CheckpointManager`: what a run saves, and how it recovers."""
 
@@ -97,16 +107,35 @@ class Checkpointer:
                                   config=ocp.args.JsonSave(config))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, abstract_state: Any, data_iter: Any) -> tuple[Any, int] | None:
-        """Restores the newest good checkpoint into `abstract_state`'s shardings; None when there is none."""
+    def restore(self, abstract_state: Any, data_iter: Any,
+                move_position: Callable[[dict, int], dict] | None = None) -> tuple[Any, int] | None:
+        """Restores the newest good checkpoint into `abstract_state`'s shardings; None when there is none.
+
+        A checkpoint written by a different number of processes restores its state into this run's mesh; its
+        data position is `move_position(saved position of process 0, saved process count)` for this process, or,
+        without `move_position`, the restore is refused (CheckpointError: the caller's problem, not corruption).
+        """
         steps = self.steps()
         if not steps:
             return None
 
         def restore_step(step: int) -> Any:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iter))
-            return self.manager.restore(step, args=args).state
+            saved_count = data_process_count(os.path.join(self.directory, str(step), "data"))
+            if saved_count in (None, jax.process_count()):
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                          data=grain.checkpoint.CheckpointRestore(data_iter))
+                return self.manager.restore(step, args=args).state
+            if move_position is None:
+                raise CheckpointError(f"{self.directory}/{step} was written by {saved_count} processes and this run "
+                                      f"has {jax.process_count()}; its data position cannot be moved")
+            saved = json.loads(epath.Path(self.directory, str(step), "data",
+                                          f"process_0-of-{saved_count}.json").read_text())
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))).state
+            data_iter.set_state(json.dumps(move_position(saved, saved_count)).encode())
+            log.info("checkpoint %s/%d: written by %d processes, resumed by %d (data position moved)",
+                     self.directory, step, saved_count, jax.process_count())
+            return state
 
         try:
             return restore_newest(self.directory, steps, restore_step)

@@ -17,6 +17,7 @@ reported per reason (`skipped/<reason>`) in the train and eval records; a starve
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ import numpy as np
 import optax
 
 from mmjax import configlib
-from mmjax.data import pipeline
+from mmjax.data import pipeline, sharded
 from mmjax.train import multihost, optim, run_dir, sharding
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.data_feed import DataFeed
@@ -240,7 +241,8 @@ class Trainer:
                 configlib.write_json(cfg, os.path.join(self.workdir, "config.json"))
             limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,
                                                cfg.data_skip_check_after)
-            data = pipeline.train_dataset(self.task.source("train"), self.task.preprocess,
+            source = self.task.source("train")
+            data = pipeline.train_dataset(source, self.task.preprocess,
                                           global_batch_size=cfg.batch_size, seed=cfg.seed, counter=self.counter,
                                           worker_count=cfg.data_workers, limits=limits)
             feed = DataFeed(iter(data))
@@ -249,7 +251,9 @@ class Trainer:
         writer = None
         try:
             with account.time("checkpoint_restore"):
-                restored = ckpt.restore(self.abstract_state, feed)
+                move = None if isinstance(source, sharded.HostStrided) else functools.partial(
+                    sharded.moved_position, global_batch_size=cfg.batch_size)
+                restored = ckpt.restore(self.abstract_state, feed, move)
             with account.time("setup"):
                 if restored is None:
                     state, start = self._init(self._rng), 0

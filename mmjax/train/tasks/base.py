@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax.data import pipeline
+from mmjax.data import pipeline, sharded
 from mmjax.data.sources import make_source
 from mmjax.train import sharding
 
@@ -60,7 +60,7 @@ class Task:
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
-        record = self.preprocess(self.source("train")[0], None)
+        record = self.preprocess(sharded.host_local(self.source("train"))[0], None)   # a record of this host
         return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
