@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -264,15 +265,25 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
 
 def eval_batches(source: Any, preprocess: Preprocess, *, global_batch_size: int, counter: SkipCounter,
                  limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass in order; the last batch is padded to full size with `valid` = 0 rows so shapes never change."""
+    """One pass in order; the last batch is padded to full size with `valid` = 0 rows so shapes never change.
+
+    On several hosts every host yields the same number of batches (each batch is one global step of collectives),
+    padding with all-invalid batches: the most a host's share of the records can fill, whatever it skipped.
+    """
     ds = grain.MapDataset.source(_CountUndecodable(source, counter))
     if limit is not None:
         ds = ds[: min(limit, len(ds))]
-    ds = host_slice(ds).map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
     bs = local_batch_size(global_batch_size)
+    batches = math.ceil(math.ceil(len(ds) / jax.process_count()) / bs)   # for the host with the largest share
+    ds = host_slice(ds).map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
+    batch = None
     for batch in ds.to_iter_dataset().batch(bs, drop_remainder=False):
         n = len(next(iter(batch.values())))
         if n < bs:
             batch = {k: np.concatenate([v, np.repeat(v[-1:], bs - n, axis=0)]) for k, v in batch.items()}
         batch["valid"] = (np.arange(bs) < n).astype(np.float32)
+        batches -= 1
         yield batch
+    while batches > 0 and batch is not None and jax.process_count() > 1:
+        batches -= 1
+        yield {**batch, "valid": np.zeros(bs, np.float32)}
