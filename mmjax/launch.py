@@ -8,8 +8,9 @@ Each process gets the standard environment that `jax.distributed.initialize` rea
 `JAX_COORDINATOR_ADDRESS=localhost:<free port>`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`; the programs read nothing
 from the launcher itself, so the same command runs under SLURM or `gcloud ... --worker=all` unchanged.
 `--devices_per_process D` makes each process a CPU host of D devices (XLA's host-platform device count, gloo
-collectives); `--gpus` gives process i the i-th GPU alone (`CUDA_VISIBLE_DEVICES=i`, one process per GPU: written
-for GPU hosts, not run on one yet).
+collectives); with it, `--slices S` makes S emulated TPU slices of consecutive processes, joined along the mesh's
+`data` axis as on a multi-slice pod (`mmjax.train.sharding.device_slices`). `--gpus` gives process i the i-th GPU
+alone (`CUDA_VISIBLE_DEVICES=i`, one process per GPU: written for GPU hosts, not run on one yet).
 
 Every output line is prefixed with `[i]`, its process index. SIGTERM and SIGINT are forwarded to every process.
 The exit status is the worst of the processes': a failure (any status but 0 and 75; a process killed by signal s
@@ -52,9 +53,11 @@ def module_command(args: Sequence[str]) -> list[str]:
 
 
 def process_env(index: int, count: int, port: int, *, devices_per_process: int = 0, gpus: bool = False,
-                base: dict[str, str] | None = None) -> dict[str, str]:
+                slices: int = 0, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of process `index` of `count` (see the module docstring)."""
     env = dict(os.environ if base is None else base)
+    if slices:
+        env["MMJAX_CPU_SLICES"] = str(slices)
     env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
                PYTHONUNBUFFERED="1")
     if devices_per_process:
@@ -85,11 +88,11 @@ def _relay(index: int, stream, lock: threading.Lock) -> None:
 
 
 def launch(command: list[str], processes: int, *, devices_per_process: int = 0, gpus: bool = False,
-           port: int | None = None) -> int:
+           slices: int = 0, port: int | None = None) -> int:
     """Runs `command` as `processes` JAX processes and returns the worst exit status (see the module)."""
     port = port or free_port()
     procs = [subprocess.Popen(command, env=process_env(i, processes, port, devices_per_process=devices_per_process,
-                                                       gpus=gpus),
+                                                       gpus=gpus, slices=slices),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for i in range(processes)]
     lock = threading.Lock()
@@ -129,15 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices_per_process", type=cli.int_at_least(0), default=0,
                         help="CPU devices per process (0: the platform's own devices)")
     parser.add_argument("--gpus", action="store_true", help="one process per GPU: process i sees GPU i only")
+    parser.add_argument("--slices", type=cli.int_at_least(0), default=0,
+                        help="with --devices_per_process: emulate this many TPU slices of consecutive processes")
     parser.add_argument("--port", type=cli.int_at_least(1), help="coordinator port (default: a free one)")
     args = parser.parse_args(ours)
     if args.gpus and args.devices_per_process:
         parser.error("--gpus and --devices_per_process exclude each other")
+    if args.slices and (not args.devices_per_process or args.processes % args.slices):
+        parser.error("--slices needs --devices_per_process and a process count that it divides")
     try:
         full = module_command(command)
     except ValueError as e:
         parser.error(str(e))
-    return launch(full, args.processes, devices_per_process=args.devices_per_process, gpus=args.gpus, port=args.port)
+    return launch(full, args.processes, devices_per_process=args.devices_per_process, gpus=args.gpus,
+                  slices=args.slices, port=args.port)
 
 
 if __name__ == "__main__":

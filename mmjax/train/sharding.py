@@ -8,6 +8,7 @@ heads / MLP / vocab over `tensor`, and data parallelism of the batch over `data`
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,11 +85,15 @@ def device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.nda
     only all-reduces gradients once per step, so `mesh.data` must be a multiple of the slice count.
     """
     devices = list(devices)
-    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    of_slice = device_slices(devices)
+    slices = sorted(set(of_slice))
     if len(slices) > 1:
         if shape[0] % len(slices):
             raise ValueError(f"config.mesh: {len(slices)} slices are joined along `data`, so mesh.data must be a "
                              f"multiple of {len(slices)}; the mesh is {dict(zip(MESH_AXES, shape))}")
+        if devices[0].platform == "cpu":   # emulated slices: no torus, the same layout (data outermost over slices)
+            order = sorted(range(len(devices)), key=lambda i: (of_slice[i], devices[i].process_index, devices[i].id))
+            return np.array([devices[i] for i in order], dtype=object).reshape(shape)
         per_slice = (shape[0] // len(slices), *shape[1:])
         dcn = (len(slices),) + (1,) * (len(shape) - 1)
         return mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices, allow_split_physical_axes=True)
@@ -96,6 +101,15 @@ def device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.nda
         return mesh_utils.create_device_mesh(shape, devices)
     except (ValueError, NotImplementedError):  # e.g. 8 over a 4x4 torus: one mesh axis spans part of two rings
         return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+
+
+def device_slices(devices: Sequence[jax.Device]) -> list[int]:
+    """Each device's slice: TPU's `slice_index`; on CPU, `MMJAX_CPU_SLICES=S` makes S slices of consecutive
+    processes (`mmjax.launch --slices`), to run the multi-slice layout on one machine."""
+    emulated = int(os.environ.get("MMJAX_CPU_SLICES", "0"))
+    if emulated and devices and devices[0].platform == "cpu":
+        return [d.process_index * emulated // jax.process_count() for d in devices]
+    return [getattr(d, "slice_index", 0) for d in devices]
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
