@@ -173,3 +173,13 @@ def maybe_initialize_distributed() -> None:
     from mmjax.train import multihost
 
     multihost.initialize()
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A global array's whole value on this host; parts held by other hosts (a batch-sharded array on several
+    hosts, which `jax.device_get` refuses) are all-gathered, so every host must call this together."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
