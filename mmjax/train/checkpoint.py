@@ -8,6 +8,10 @@ tensorstore format, no pickle), `data` (the grain iterator position, JSON) and `
 When no step restores, nothing is moved (the cause may be the caller's, e.g. a changed model) and the error lists
 why each step failed. Paths may be relative: they are resolved here, where they are handed to orbax. They may
 also be `gs://` URLs (Cloud TPU pods): directory listing and moves go through etils.epath (`mmjax.paths`).
+
+On several hosts orbax writes into `<step>.orbax-checkpoint-tmp-*` and process 0 renames it to `<step>` once every
+host has finished; a checkpoint whose writing a dead host interrupted stays temporary: never listed, restored or
+newest. A checkpoint written by another number of processes restores (`Checkpointer.restore`'s `move_position`).
 """
 
 from __future__ import annotations

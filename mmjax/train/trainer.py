@@ -13,6 +13,10 @@ slow or stuck (`DataFeed` waits interruptibly); re-running with the same workdir
 included. A workdir is checked before anything is written to it (`run_dir.prepare_workdir`). Skipped records are
 reported per reason (`skipped/<reason>`) in the train and eval records; a starved input stops the run
 (`pipeline.DataStarvedError`).
+
+On several hosts (docs/multihost.md) every host fetches its batch, then all agree (`multihost.agree`, one small
+all-gather per step): a SIGTERM that reached any host stops every host before the same step, and an input error on
+any host stops all of them, naming it. Wall time is booked to the goodput account (`mmjax.train.goodput`).
 """
 
 from __future__ import annotations
