@@ -2,9 +2,9 @@
 each run's mid-run checkpoint resumes in the other layout and ends equal. Slow: the whole matrix is about an hour
 on the shared 2-core machine (CONTRIBUTING.md); the default suite runs ViT digits in test_kill_resume.py.
 
-Losses are compared with LOSS_TOLERANCE, not bitwise: gloo's cross-process all-reduce and XLA's in-process one may
-add the four devices' partial sums in different orders (a few float32 ulps that compound over steps). Each task's
-largest difference is printed (`-s`) for docs/multihost.md's table.
+Losses are compared with LOSS_TOLERANCE (TOLERANCES per task), not bitwise: gloo's cross-process all-reduce and
+XLA's in-process one may add the four devices' partial sums in different orders (a few float32 ulps that compound
+over steps). Each task's largest difference is printed (`-s`) for docs/multihost.md's table.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ STEPS = 6
 COMMON = (f"total_steps={STEPS}", "log_every=1", "checkpoint_every=3", "eval_every=0", "keep_checkpoints=5",
           "optim.warmup_steps=2")
 LOSS_TOLERANCE = 1e-4
+# (loss atol, final-metric rtol) where the task is discontinuous in float noise: the tokenizer's quantizer picks
+# each code by a comparison, so an ulp-level difference in a gradient sum can flip a code and the losses part
+# (measured: equal to the bit for 3 steps, then 2.5e-3 apart at step 6 of 6).
+TOLERANCES = {"vq": (5e-3, 3e-2)}
 TOKENIZER = "vq"   # Show-o reads the tokenizer run of this matrix
 # name -> (config, overrides, the run whose workdir `{dep}` stands for)
 TASKS = {
@@ -63,16 +67,17 @@ def run_all(jobs: list[tuple[str, str, str, tuple[str, ...]]], logs: str) -> Non
         assert status == 0, runs.read(log)[-4000:]
 
 
-def assert_same_run(got: str, expected: str) -> float:
+def assert_same_run(task: str, got: str, expected: str) -> float:
     """Per-step losses and the final evaluation agree; returns the largest loss difference."""
+    atol, rtol = TOLERANCES.get(task, (LOSS_TOLERANCE, 1e-3))
     a, b = runs.train_losses(got), runs.train_losses(expected)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     diff = max(abs(a[s] - b[s]) for s in a)
-    assert diff <= LOSS_TOLERANCE, (a, b)
+    assert diff <= atol, (a, b)
     final_a, final_b = runs.final_eval(got), runs.final_eval(expected)
     assert final_a.keys() == final_b.keys()
     for key, value in final_b.items():
-        np.testing.assert_allclose(final_a[key], value, rtol=1e-3, atol=LOSS_TOLERANCE, err_msg=key)
+        np.testing.assert_allclose(final_a[key], value, rtol=rtol, atol=atol, err_msg=key)
     return diff
 
 
@@ -101,7 +106,7 @@ def test_two_processes_equal_one_and_checkpoints_resume_across_layouts(task, mat
     one, two = os.path.join(matrix_dir, f"{task}_1x4"), os.path.join(matrix_dir, f"{task}_2x2")
     run_all([("1x4", config, one, overrides), ("2x2", config, two, overrides)], matrix_dir)
     DONE[task] = (one, two)
-    diff = assert_same_run(two, one)
+    diff = assert_same_run(task, two, one)
 
     one_in_two, two_in_one = one + "_resumed_2x2", two + "_resumed_1x4"
     resume_from_middle(one, one_in_two)
@@ -109,5 +114,5 @@ def test_two_processes_equal_one_and_checkpoints_resume_across_layouts(task, mat
     run_all([("2x2", config, one_in_two, overrides), ("1x4", config, two_in_one, overrides)], matrix_dir)
     for resumed in (one_in_two, two_in_one):
         assert f"at step {STEPS // 2}" in runs.read(os.path.join(matrix_dir, os.path.basename(resumed) + ".log"))
-        diff = max(diff, assert_same_run(resumed, one))
+        diff = max(diff, assert_same_run(task, resumed, one))
     print(f"\n{task}: 2x2 vs 1x4 max |loss difference| over {STEPS} steps and both cross-layout resumes: {diff:.3g}")

@@ -89,8 +89,10 @@ def test_one_hosts_starving_input_stops_every_host_with_the_cause_named(tmp_path
     write_images(root, [i % 2 == 0 or i == 1 for i in range(16)])
     config = tmp_path / "starving.py"
     config.write_text(
-        "import ml_collections\nfrom mmjax import configlib\n\n\ndef get_config(arg=None):\n"
+        "import ml_collections\nfrom mmjax import configlib\nfrom mmjax.train.tasks import REGISTRY\n\n"
+        "REGISTRY['decoding_vq'] = 'tests.multihost.decoding_task:DecodingVQTask'\n\n\ndef get_config(arg=None):\n"
         f"    c = configlib.load_config_file({os.path.join(REPO, 'configs/vq/tiny.py:tokens=4,bits=6')!r})\n"
+        "    c.task = 'decoding_vq'\n"
         f"    c.data.train = ml_collections.ConfigDict(dict(name='imagefolder', root={root!r}))\n"
         "    return c\n")
     log = str(tmp_path / "run.log")
