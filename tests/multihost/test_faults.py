@@ -108,29 +108,29 @@ def test_one_hosts_starving_input_stops_every_host_with_the_cause_named(tmp_path
     assert "process 1 of 2 stopped the run: DataStarvedError: " in zero
 
 
-def start_pair(tmp_path, commands: list[list[str]], envs: list[dict[str, str]]) -> list[tuple[int, str]]:
-    """Starts process i as `commands[i]` with `envs[i]` added to the launcher's environment for it; returns each
-    one's (exit status, output)."""
+def start_pair(commands: list[list[str]], checkouts: list[str]) -> list[tuple[int, str]]:
+    """Starts process i as `commands[i]` from the checkout `checkouts[i]` (its mmjax is the one imported) with the
+    launcher's environment; returns each one's (exit status, output)."""
     port = launch.free_port()
     procs = []
-    for i, (cmd, extra) in enumerate(zip(commands, envs, strict=True)):
-        env = launch.process_env(i, 2, port, devices_per_process=2, base=runs.env(**extra))
-        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    for i, (cmd, checkout) in enumerate(zip(commands, checkouts, strict=True)):
+        env = launch.process_env(i, 2, port, devices_per_process=2, base=runs.env(PYTHONPATH=checkout))
+        procs.append(subprocess.Popen(cmd, env=env, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     return [(p.wait(timeout=600), p.stdout.read()) for p in procs]
 
 
 def test_a_host_with_another_config_or_source_is_refused_on_every_host(tmp_path):
     args = lambda wd, *o: runs.single_process(*runs.train_args(runs.DIGITS, str(tmp_path / wd), "total_steps=2", *o))
-    results = start_pair(tmp_path, [args("a"), args("a", "seed=1")], [{}, {}])
+    results = start_pair([args("a"), args("a", "seed=1")], [REPO, REPO])
     for status, out in results:
-        assert status == cli.EXIT_USAGE, out[-3000:]
+        assert status == cli.EXIT_USAGE, results
         assert "error: process(es) [1] run a different config than process 0 (of 2)" in out
     other = tmp_path / "other"
     shutil.copytree(os.path.join(REPO, "mmjax"), other / "mmjax", ignore=shutil.ignore_patterns("__pycache__"))
     with open(other / "mmjax" / "launch.py", "a") as f:
         f.write("# an edit on one host\n")
-    results = start_pair(tmp_path, [args("b"), args("b")], [{}, {"PYTHONPATH": f"{other}{os.pathsep}{REPO}"}])
+    results = start_pair([args("b"), args("b")], [REPO, str(other)])
     for status, out in results:
-        assert status == cli.EXIT_USAGE, out[-3000:]
+        assert status == cli.EXIT_USAGE, results
         assert "error: process(es) [1] run a different mmjax source code than process 0 (of 2)" in out
