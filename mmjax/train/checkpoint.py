@@ -78,7 +78,8 @@ def restore_newest(ckpt_dir: str, steps: list[int], restore: Callable[[int], T])
             log.warning("checkpoint %s/%d cannot be restored (%s); trying an older one", ckpt_dir, step, failed[-1][1])
             continue
         for bad, _ in failed:
-            log.warning("checkpoint %s/%d moved aside to %s", ckpt_dir, bad, quarantine(ckpt_dir, bad))
+            if jax.process_index() == 0:   # one host moves; the others saw the same failures
+                log.warning("checkpoint %s/%d moved aside to %s", ckpt_dir, bad, quarantine(ckpt_dir, bad))
         return restored, step
     reasons = "; ".join(f"step {s}: {why}" for s, why in failed)
     raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({reasons})")
@@ -163,7 +164,7 @@ def _restore_item(ckptr: ocp.StandardCheckpointer, state_dir: str, key: str) -> 
     else:
         if key not in tree or tree[key] is None:
             raise CheckpointError(f"{state_dir} has no {key!r}")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])   # this host's (several hosts)
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
         restored = ckptr.restore(state_dir, target)
     if key not in restored or restored[key] is None:
