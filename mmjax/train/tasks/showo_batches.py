@@ -44,6 +44,7 @@ from mmjax.data.sources import NoImageError, make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab
 from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
+from mmjax.train import sharding
 
 if TYPE_CHECKING:  # showo_examples imports this module's helpers
     from mmjax.train.tasks.showo_examples import ExampleBuilder
@@ -177,7 +178,7 @@ def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encoders
                     pixels[k].append(val)
     encoded = {}
     for k, images in pixels.items():
-        chunks = [np.asarray(encoders[k](np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
+        chunks = [sharding.to_host(encoders[k](np.stack(images[i:i + batch]))) for i in range(0, n, batch)]
         encoded[k] = np.concatenate(chunks)
     if "image" in encoded:
         encoded["image"] = encoded["image"].reshape(n, -1).astype(np.int32)
