@@ -73,9 +73,8 @@ def moved_position(saved: dict[str, Any], saved_count: int, global_batch_size: i
     the new run start at that global batch. Exact unless the saved host was inside a batch (it had skipped records,
     whose replacements came from the next global batch); sharded sources cannot move (their shares change).
     """
-    from mmjax.data import pipeline
-
+    _, hosts = host_share()
     if set(saved) != {"next_index"}:
         raise DataError(f"cannot move a data position of this form to another process count: {saved}")
     batches = int(saved["next_index"]) // (global_batch_size // saved_count)
-    return {"next_index": batches * pipeline.local_batch_size(global_batch_size)}
+    return {"next_index": batches * (global_batch_size // hosts)}
