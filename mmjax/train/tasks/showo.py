@@ -42,6 +42,7 @@ from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
 from mmjax.nn.block_mask import showo_block_mask
 from mmjax.nn.embedding import padded_size
+from mmjax.train import sharding
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
@@ -374,7 +375,7 @@ class ShowoTask(Task):
     def decode_codes(self, model_state: Any, codes: jax.Array) -> np.ndarray:
         """Codes (B, N) -> uint8 images (B, H, W, 3) through the frozen tokenizer's decoder."""
         pixels = decode_ids(self.vq_model, model_state["tokenizer"], jnp.reshape(codes, (-1, self.grid, self.grid)))
-        return np.asarray(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5).clip(0, 255)).astype(np.uint8)
+        return sharding.to_host(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5).clip(0, 255)).astype(np.uint8)
 
     def encode_images(self, model_state: Any, images: np.ndarray) -> jax.Array:
         """Float images in [-1, 1] (B, H, W, 3) -> codes (B, N)."""
