@@ -267,15 +267,22 @@ def eval_batches(source: Any, preprocess: Preprocess, *, global_batch_size: int,
                  limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One pass in order; the last batch is padded to full size with `valid` = 0 rows so shapes never change.
 
-    On several hosts every host yields the same number of batches (each batch is one global step of collectives),
-    padding with all-invalid batches: the most a host's share of the records can fill, whatever it skipped.
+    On several hosts each host takes its rows of every global batch (as `host_rows`), so the hosts' batches stack
+    into the one-process batches row for row; a sharded source is split by host (`host_slice`). Every host yields
+    the same number of batches (each batch is one global step of collectives), padding with all-invalid batches.
     """
     ds = grain.MapDataset.source(_CountUndecodable(source, counter))
     if limit is not None:
         ds = ds[: min(limit, len(ds))]
     bs = local_batch_size(global_batch_size)
-    batches = math.ceil(math.ceil(len(ds) / jax.process_count()) / bs)   # for the host with the largest share
-    ds = host_slice(ds).map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
+    if jax.process_count() == 1 or isinstance(source, sharded.HostStrided):
+        batches = math.ceil(math.ceil(len(ds) / jax.process_count()) / bs)   # for the host with the largest share
+        ds = host_slice(ds)
+    else:
+        batches = math.ceil(len(ds) / global_batch_size)
+        mine = [g for g in range(len(ds)) if (g % global_batch_size) // bs == jax.process_index()]
+        ds = grain.MapDataset.source(mine).map(ds.__getitem__)
+    ds = ds.map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
     batch = None
     for batch in ds.to_iter_dataset().batch(bs, drop_remainder=False):
         n = len(next(iter(batch.values())))

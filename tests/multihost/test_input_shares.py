@@ -108,3 +108,23 @@ def test_every_host_evaluates_its_share_in_the_same_number_of_batches(monkeypatc
     assert len(per_host[0]) == len(per_host[1])
     keys = [int(k) for batches in per_host for b in batches for k, v in zip(b["key"], b["valid"]) if v]
     assert sorted(keys) == [i for i in range(records) if i not in skipped]
+
+
+def test_the_hosts_eval_batches_stack_into_the_one_process_batches(monkeypatch):
+    """Row for row, so per-row randomness in an evaluation (D3PM's noise) is the same on any number of hosts."""
+    source = [{"key": i} for i in range(21)]
+    preprocess = lambda r, rng: {"key": np.int64(r["key"])}
+    batches = lambda: list(pipeline.eval_batches(source, preprocess, global_batch_size=8,
+                                                 counter=pipeline.SkipCounter()))
+    single = batches()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    per_host = []
+    for host in range(2):
+        monkeypatch.setattr(jax, "process_index", lambda h=host: h)
+        per_host.append(batches())
+    assert len(per_host[0]) == len(per_host[1]) == len(single) == 3
+    for k, whole in enumerate(single):
+        valid = np.concatenate([h[k]["valid"] for h in per_host])
+        np.testing.assert_array_equal(valid, whole["valid"])
+        np.testing.assert_array_equal(np.concatenate([h[k]["key"] for h in per_host])[valid > 0],
+                                      whole["key"][whole["valid"] > 0])
