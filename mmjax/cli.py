@@ -2,7 +2,8 @@
 
 Exit statuses (`python -m mmjax.train`, `mmjax.sample`, `mmjax.eval`, `mmjax.tokenize_images`):
   0   done
-  1   the run failed: a non-finite loss or final evaluation (one `error:` line), or a bug (a traceback)
+  1   the run failed: a non-finite loss or final evaluation, or another host's input (one `error:` line), or a
+      bug (a traceback)
   2   a user error: bad arguments, config, paths, data or checkpoints; one `error: ...` line on stderr
   75  preempted (EX_TEMPFAIL): SIGTERM saved a checkpoint; run the same command again to resume
 
@@ -26,7 +27,8 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 # (module, class): a class whose module was never imported cannot have been raised, so nothing is imported here
 USER_ERRORS = (("mmjax.configlib", "ConfigError"), ("mmjax.data.sources", "DataError"),
                ("mmjax.train.checkpoint", "CheckpointError"), ("mmjax.data.images", "ImageDecodeError"))
-FAILED_RUN_ERRORS = (("mmjax.train.trainer", "NonFiniteLossError"), ("mmjax.train.trainer", "NonFiniteEvalError"))
+FAILED_RUN_ERRORS = (("mmjax.train.trainer", "NonFiniteLossError"), ("mmjax.train.trainer", "NonFiniteEvalError"),
+                     ("mmjax.train.multihost", "PeerFailedError"))
 REPEATS_SHOWN, REPEAT_EVERY = 3, 1000
 
 

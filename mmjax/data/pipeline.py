@@ -13,12 +13,17 @@ the first 100 records). An empty source is refused before the pipeline starts. S
 are processed (grain's threads, or with `worker_count > 0` each worker process in its own copy of the counter),
 so every batch carries the new counts of the process that built it (`SKIPS_KEY`) and the consumer adds them to
 the trainer's counter: the counts reach the trainer in both modes.
+
+On several hosts, each host takes its rows of every global batch of one global order (`host_rows`), so P hosts
+train on exactly the batches one process would; a sharded source (`sharded.HostStrided`) is split by host first
+and each host shuffles its own shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +32,7 @@ import grain
 import jax
 import numpy as np
 
+from mmjax.data import sharded
 from mmjax.data.sources import DataError
 
 log = logging.getLogger(__name__)
@@ -240,6 +246,29 @@ def host_slice(ds: grain.MapDataset) -> grain.MapDataset:
     return ds[jax.process_index()::jax.process_count()]
 
 
+class _HostRows:
+    """Record j of host p's share: row j % b of global batch j // b, i.e. global record (j // b) * B + p * b + j % b
+    (B = P * b); a callable object so that grain's worker processes can pickle it."""
+
+    def __init__(self, ds: grain.MapDataset, host: int, local: int, hosts: int):
+        self.ds, self.host, self.local, self.hosts = ds, host, local, hosts
+
+    def __call__(self, j: int) -> Any:
+        block, row = divmod(int(j), self.local)
+        return self.ds[block * self.local * self.hosts + self.host * self.local + row]
+
+
+def host_rows(ds: grain.MapDataset, global_batch_size: int) -> grain.MapDataset:
+    """This host's rows of every global batch of `ds`, in order: the hosts' local batches stacked in process order
+    are the global batch one process would make, row for row (same records, same per-row randomness in the step).
+    """
+    hosts = jax.process_count()
+    if hosts == 1:
+        return ds
+    local = local_batch_size(global_batch_size)
+    return grain.MapDataset.range(len(ds) // hosts).map(_HostRows(ds, jax.process_index(), local, hosts))
+
+
 def local_batch_size(global_batch_size: int) -> int:
     if global_batch_size % jax.process_count():
         raise ValueError(f"batch size {global_batch_size} not divisible by {jax.process_count()} hosts")
@@ -256,8 +285,12 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
     if not len(source):
         raise DataError("the training data has no records (an empty corpus: check config.data.train)")
     local = SkipCounter(limits)   # where the records are processed: copied into each worker process
-    ds = host_slice(grain.MapDataset.source(_CountUndecodable(source, local))).seed(seed).shuffle().repeat()
+    ds = grain.MapDataset.source(_CountUndecodable(source, local))
+    sharded_source = isinstance(source, sharded.HostStrided)   # a host can read only its own shards
+    ds = (host_slice(ds) if sharded_source else ds).seed(seed).shuffle().repeat()
     ds = ds.random_map(_safe(preprocess, local)).filter(lambda x: x is not None)
+    if not sharded_source:   # one global order, each host taking its rows of every global batch
+        ds = host_rows(ds, global_batch_size)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
     it = it.batch(local_batch_size(global_batch_size), drop_remainder=True).map(_AttachSkips(local))
     if worker_count > 0:
@@ -271,15 +304,32 @@ def train_dataset(source: Any, preprocess: Preprocess, *, global_batch_size: int
 
 def eval_batches(source: Any, preprocess: Preprocess, *, global_batch_size: int, counter: SkipCounter,
                  limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass in order; the last batch is padded to full size with `valid` = 0 rows so shapes never change."""
+    """One pass in order; the last batch is padded to full size with `valid` = 0 rows so shapes never change.
+
+    On several hosts each host takes its rows of every global batch (as `host_rows`), so the hosts' batches stack
+    into the one-process batches row for row; a sharded source is split by host (`host_slice`). Every host yields
+    the same number of batches (each batch is one global step of collectives), padding with all-invalid batches.
+    """
     ds = grain.MapDataset.source(_CountUndecodable(source, counter))
     if limit is not None:
         ds = ds[: min(limit, len(ds))]
-    ds = host_slice(ds).map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
     bs = local_batch_size(global_batch_size)
+    if jax.process_count() == 1 or isinstance(source, sharded.HostStrided):
+        batches = math.ceil(math.ceil(len(ds) / jax.process_count()) / bs)   # for the host with the largest share
+        ds = host_slice(ds)
+    else:
+        batches = math.ceil(len(ds) / global_batch_size)
+        mine = [g for g in range(len(ds)) if (g % global_batch_size) // bs == jax.process_index()]
+        ds = grain.MapDataset.source(mine).map(ds.__getitem__)
+    ds = ds.map(lambda r: _safe(preprocess, counter)(r, None)).filter(lambda x: x is not None)
+    batch = None
     for batch in ds.to_iter_dataset().batch(bs, drop_remainder=False):
         n = len(next(iter(batch.values())))
         if n < bs:
             batch = {k: np.concatenate([v, np.repeat(v[-1:], bs - n, axis=0)]) for k, v in batch.items()}
         batch["valid"] = (np.arange(bs) < n).astype(np.float32)
+        batches -= 1
         yield batch
+    while batches > 0 and batch is not None and jax.process_count() > 1:
+        batches -= 1
+        yield {**batch, "valid": np.zeros(bs, np.float32)}

@@ -63,3 +63,18 @@ class HostStrided:
 def host_local(source: Any) -> Any:
     """The records this host reads, numbered from 0: a sharded source's own shards, any other source itself."""
     return source.local if isinstance(source, HostStrided) else source
+
+
+def moved_position(saved: dict[str, Any], saved_count: int, global_batch_size: int) -> dict[str, Any]:
+    """A training iterator position saved by one of `saved_count` processes, for a process of this run's count.
+
+    Every host takes its rows of each global batch (`pipeline.host_rows`), so a saved position j (records of the
+    host's share, skipped ones included) is j // (B / saved_count) whole global batches on every host; the hosts of
+    the new run start at that global batch. Exact unless the saved host was inside a batch (it had skipped records,
+    whose replacements came from the next global batch); sharded sources cannot move (their shares change).
+    """
+    _, hosts = host_share()
+    if set(saved) != {"next_index"}:
+        raise DataError(f"cannot move a data position of this form to another process count: {saved}")
+    batches = int(saved["next_index"]) // (global_batch_size // saved_count)
+    return {"next_index": batches * (global_batch_size // hosts)}

@@ -8,12 +8,18 @@ tensorstore format, no pickle), `data` (the grain iterator position, JSON) and `
 When no step restores, nothing is moved (the cause may be the caller's, e.g. a changed model) and the error lists
 why each step failed. Paths may be relative: they are resolved here, where they are handed to orbax. They may
 also be `gs://` URLs (Cloud TPU pods): directory listing and moves go through etils.epath (`mmjax.paths`).
+
+On several hosts orbax writes into `<step>.orbax-checkpoint-tmp-*` and process 0 renames it to `<step>` once every
+host has finished; a checkpoint whose writing a dead host interrupted stays temporary: never listed, restored or
+newest. A checkpoint written by another number of processes restores (`Checkpointer.restore`'s `move_position`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -72,10 +78,19 @@ def restore_newest(ckpt_dir: str, steps: list[int], restore: Callable[[int], T])
             log.warning("checkpoint %s/%d cannot be restored (%s); trying an older one", ckpt_dir, step, failed[-1][1])
             continue
         for bad, _ in failed:
-            log.warning("checkpoint %s/%d moved aside to %s", ckpt_dir, bad, quarantine(ckpt_dir, bad))
+            if jax.process_index() == 0:   # one host moves; the others saw the same failures
+                log.warning("checkpoint %s/%d moved aside to %s", ckpt_dir, bad, quarantine(ckpt_dir, bad))
         return restored, step
     reasons = "; ".join(f"step {s}: {why}" for s, why in failed)
     raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({reasons})")
+
+
+def data_process_count(data_dir: str) -> int | None:
+    """How many processes wrote a checkpoint's data positions (grain's `process_<i>-of-<n>.json`); None if none."""
+    directory = epath.Path(data_dir)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    counts = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json$").match, names) if m}
+    return counts.pop() if len(counts) == 1 else None
 
 
 class Checkpointer:
@@ -97,16 +112,35 @@ class Checkpointer:
                                   config=ocp.args.JsonSave(config))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, abstract_state: Any, data_iter: Any) -> tuple[Any, int] | None:
-        """Restores the newest good checkpoint into `abstract_state`'s shardings; None when there is none."""
+    def restore(self, abstract_state: Any, data_iter: Any,
+                move_position: Callable[[dict, int], dict] | None = None) -> tuple[Any, int] | None:
+        """Restores the newest good checkpoint into `abstract_state`'s shardings; None when there is none.
+
+        A checkpoint written by a different number of processes restores its state into this run's mesh; its
+        data position is `move_position(saved position of process 0, saved process count)` for this process, or,
+        without `move_position`, the restore is refused (CheckpointError: the caller's problem, not corruption).
+        """
         steps = self.steps()
         if not steps:
             return None
 
         def restore_step(step: int) -> Any:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iter))
-            return self.manager.restore(step, args=args).state
+            saved_count = data_process_count(os.path.join(self.directory, str(step), "data"))
+            if saved_count in (None, jax.process_count()):
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                          data=grain.checkpoint.CheckpointRestore(data_iter))
+                return self.manager.restore(step, args=args).state
+            if move_position is None:
+                raise CheckpointError(f"{self.directory}/{step} was written by {saved_count} processes and this run "
+                                      f"has {jax.process_count()}; its data position cannot be moved")
+            saved = json.loads(epath.Path(self.directory, str(step), "data",
+                                          f"process_0-of-{saved_count}.json").read_text())
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))).state
+            data_iter.set_state(json.dumps(move_position(saved, saved_count)).encode())
+            log.info("checkpoint %s/%d: written by %d processes, resumed by %d (data position moved)",
+                     self.directory, step, saved_count, jax.process_count())
+            return state
 
         try:
             return restore_newest(self.directory, steps, restore_step)
@@ -130,7 +164,7 @@ def _restore_item(ckptr: ocp.StandardCheckpointer, state_dir: str, key: str) -> 
     else:
         if key not in tree or tree[key] is None:
             raise CheckpointError(f"{state_dir} has no {key!r}")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])   # this host's (several hosts)
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
         restored = ckptr.restore(state_dir, target)
     if key not in restored or restored[key] is None:

@@ -121,6 +121,8 @@ class MetricsWriter:
             parts.append(f"loss {record['loss']:.4g}")
         if record.get("examples_per_sec"):
             parts.append(f"{record['examples_per_sec']:.1f} examples/s")
+        if isinstance(record.get("goodput"), float):
+            parts.append(f"goodput {record['goodput']:.0%}")
         if record.get("steps_per_sec"):
             parts.append(f"ETA {_duration((self.total_steps - record['step']) / record['steps_per_sec'])}")
         if record.get("skipped_records"):   # per reason, as in metrics.jsonl

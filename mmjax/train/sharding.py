@@ -85,11 +85,15 @@ def device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.nda
     only all-reduces gradients once per step, so `mesh.data` must be a multiple of the slice count.
     """
     devices = list(devices)
-    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    of_slice = device_slices(devices)
+    slices = sorted(set(of_slice))
     if len(slices) > 1:
         if shape[0] % len(slices):
             raise ValueError(f"config.mesh: {len(slices)} slices are joined along `data`, so mesh.data must be a "
                              f"multiple of {len(slices)}; the mesh is {dict(zip(MESH_AXES, shape))}")
+        if devices[0].platform == "cpu":   # emulated slices: no torus, the same layout (data outermost over slices)
+            order = sorted(range(len(devices)), key=lambda i: (of_slice[i], devices[i].process_index, devices[i].id))
+            return np.array([devices[i] for i in order], dtype=object).reshape(shape)
         per_slice = (shape[0] // len(slices), *shape[1:])
         dcn = (len(slices),) + (1,) * (len(shape) - 1)
         return mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices, allow_split_physical_axes=True)
@@ -97,6 +101,15 @@ def device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.nda
         return mesh_utils.create_device_mesh(shape, devices)
     except (ValueError, NotImplementedError):  # e.g. 8 over a 4x4 torus: one mesh axis spans part of two rings
         return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+
+
+def device_slices(devices: Sequence[jax.Device]) -> list[int]:
+    """Each device's slice: TPU's `slice_index`; on CPU, `MMJAX_CPU_SLICES=S` makes S slices of consecutive
+    processes (`mmjax.launch --slices`), to run the multi-slice layout on one machine."""
+    emulated = int(os.environ.get("MMJAX_CPU_SLICES", "0"))
+    if emulated and devices and devices[0].platform == "cpu":
+        return [d.process_index * emulated // jax.process_count() for d in devices]
+    return [getattr(d, "slice_index", 0) for d in devices]
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
@@ -150,16 +163,23 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def maybe_initialize_distributed() -> None:
-    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars).
+    """Starts multi-host JAX when the environment describes a multi-process job (TPU pod, SLURM, explicit vars);
+    see `mmjax.train.multihost` for the variables read and the timeouts.
 
     A Cloud TPU VM reached over ssh need not have the TPU variables in its environment (libtpu and jax read the
     slice's workers from the metadata server), so `scripts/tpu/worker_loop.sh` sets MMJAX_DISTRIBUTED=1:
     `jax.distributed.initialize()` then finds the coordinator and this host's index by itself.
     """
-    wanted = os.environ.get("MMJAX_DISTRIBUTED") == "1" or any(
-        v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
-                                  "MEGASCALE_COORDINATOR_ADDRESS"))
-    if os.environ.get("SLURM_NTASKS") == "1":
-        wanted = False
-    if wanted and not jax.distributed.is_initialized():  # must run before any backend is touched
-        jax.distributed.initialize()
+    from mmjax.train import multihost
+
+    multihost.initialize()
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A global array's whole value on this host; parts held by other hosts (a batch-sharded array on several
+    hosts, which `jax.device_get` refuses) are all-gathered, so every host must call this together."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

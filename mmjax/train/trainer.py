@@ -13,10 +13,15 @@ slow or stuck (`DataFeed` waits interruptibly); re-running with the same workdir
 included. A workdir is checked before anything is written to it (`run_dir.prepare_workdir`). Skipped records are
 reported per reason (`skipped/<reason>`) in the train and eval records; a starved input stops the run
 (`pipeline.DataStarvedError`).
+
+On several hosts (docs/multihost.md) every host fetches its batch, then all agree (`multihost.agree`, one small
+all-gather per step): a SIGTERM that reached any host stops every host before the same step, and an input error on
+any host stops all of them, naming it. Wall time is booked to the goodput account (`mmjax.train.goodput`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -33,10 +38,11 @@ import numpy as np
 import optax
 
 from mmjax import configlib
-from mmjax.data import pipeline
-from mmjax.train import optim, run_dir, sharding
+from mmjax.data import pipeline, sharded
+from mmjax.train import multihost, optim, run_dir, sharding
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.data_feed import DataFeed
+from mmjax.train.goodput import Goodput
 from mmjax.train.metrics_writer import MetricsWriter
 from mmjax.train.tasks import make_task
 from mmjax.train.tasks.base import EvalContext, Task
@@ -73,11 +79,15 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, *,
                  devices: Sequence[jax.Device] | None = None):
+        started = time.perf_counter()
         sharding.maybe_initialize_distributed()
         self.config = config
         self.task: Task = make_task(config)
         configlib.check_choices(config)  # again: the task's module may have declared more choices on import
+        multihost.check_same_program(configlib.to_dict(config))
         self.workdir = None if workdir is None else run_dir.prepare_workdir(workdir, config)
+        self.account = None if workdir is None else Goodput(self.workdir, writes=jax.process_index() == 0,
+                                                            started=started)
         if config.optim.warmup_steps > config.total_steps:
             log.warning("config.optim.warmup_steps=%d is longer than the run (total_steps=%d): the learning rate "
                         "never reaches config.optim.lr", config.optim.warmup_steps, config.total_steps)
@@ -205,13 +215,14 @@ class Trainer:
         return {**metrics, **skip_metrics(counter)}
 
     def _train_record(self, pending: list[dict], seconds: float, nonfinite_steps: int) -> dict[str, Any]:
-        """Means over the logged window (over its finite steps, when some were skipped as non-finite)."""
+        """Means over the logged window (over its finite steps, when some were skipped as non-finite), and the
+        goodput account so far."""
         host = [jax.device_get(m) for m in pending]
         finite = [m for m in host if np.isfinite(m["loss"])] or host
         means = {k: float(np.mean([m[k] for m in finite])) for k in host[0]}
         return {**means, "examples_per_sec": len(pending) * self.config.batch_size / seconds,
                 "steps_per_sec": len(pending) / seconds, "nonfinite_steps": nonfinite_steps,
-                **skip_metrics(self.counter)}
+                **skip_metrics(self.counter), **self.account.totals()}
 
     def _on_sigterm(self, *_: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint and stopping")
@@ -225,60 +236,91 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
 
     def _run(self) -> dict[str, Any]:
-        cfg = self.config
+        cfg, account = self.config, self.account
         if self.workdir is None:
             raise ValueError("Trainer.run() needs a workdir: Trainer(config, workdir)")
-        self.build()
-        configlib.write_json(cfg, os.path.join(self.workdir, "config.json"))
-        limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,
-                                           cfg.data_skip_check_after)
-        data = pipeline.train_dataset(self.task.source("train"), self.task.preprocess,
-                                      global_batch_size=cfg.batch_size, seed=cfg.seed, counter=self.counter,
-                                      worker_count=cfg.data_workers, limits=limits)
-        feed = DataFeed(iter(data))
-        ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), save_every=cfg.checkpoint_every,
-                            keep=cfg.keep_checkpoints)
+        with account.time("setup"):
+            self.build()
+            if jax.process_index() == 0:
+                configlib.write_json(cfg, os.path.join(self.workdir, "config.json"))
+            limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,
+                                               cfg.data_skip_check_after)
+            source = self.task.source("train")
+            data = pipeline.train_dataset(source, self.task.preprocess,
+                                          global_batch_size=cfg.batch_size, seed=cfg.seed, counter=self.counter,
+                                          worker_count=cfg.data_workers, limits=limits)
+            feed = DataFeed(iter(data))
+            ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), save_every=cfg.checkpoint_every,
+                                keep=cfg.keep_checkpoints)
         writer = None
         try:
-            restored = ckpt.restore(self.abstract_state, feed)
-            if restored is None:
-                state, start = self._init(self._rng), 0
-                pretrained = self.task.pretrained_variables()
-                if pretrained:
-                    state = insert_pretrained(state, pretrained)
-            else:
-                state, start = restored
-                log.info("resumed from %s at step %d", ckpt.directory, start)
-            writer = MetricsWriter(self.workdir, cfg.total_steps, initial_step=start)
-            config_dict = configlib.to_dict(cfg)
+            with account.time("checkpoint_restore"):
+                move = None if isinstance(source, sharded.HostStrided) else functools.partial(
+                    sharded.moved_position, global_batch_size=cfg.batch_size)
+                restored = ckpt.restore(self.abstract_state, feed, move)
+            with account.time("setup"):
+                if restored is None:
+                    state, start = self._init(self._rng), 0
+                    pretrained = self.task.pretrained_variables()
+                    if pretrained:
+                        state = insert_pretrained(state, pretrained)
+                else:
+                    state, start = restored
+                    log.info("resumed from %s at step %d", ckpt.directory, start)
+                account.resumed_at(start)
+                writer = MetricsWriter(self.workdir, cfg.total_steps, initial_step=start)
+                config_dict = configlib.to_dict(cfg)
             pending: list[dict] = []
             t0, step = time.perf_counter(), start
-            while step < cfg.total_steps and not self._stop_requested:
-                local = feed.next(should_stop=lambda: self._stop_requested)
-                if local is None:
-                    break
-                batch = sharding.global_batch(local, self.mesh)
-                with self.activate():
-                    state, metrics = self._step(state, batch)
-                step += 1
-                pending.append(metrics)
-                writer.advance()
-                if step % cfg.log_every == 0 or step == cfg.total_steps:
-                    bad = self._check_finite(state)
-                    writer.write(step, "train", self._train_record(pending, time.perf_counter() - t0, bad))
-                    pending, t0 = [], time.perf_counter()
+            position: Any = feed   # the data position a checkpoint records
+            while step < cfg.total_steps:
+                # Every process fetches, then all agree: a stop asked on one host (or its input failing) stops
+                # every host before the same step, and the batch fetched for it is not counted as read.
+                before = feed.get_state()
+                with account.time("input"):
+                    try:
+                        local, error = feed.next(should_stop=lambda: self._stop_requested), None
+                    except Exception as e:  # raised on every host by `agree`
+                        local, error = None, e
+                first = step == start
+                with account.time("compile" if first else "step"):
+                    if multihost.agree(self._stop_requested or local is None, error):
+                        self._stop_requested, position = True, _Position(before)
+                        break
+                    batch = sharding.global_batch(local, self.mesh)
+                    with self.activate():
+                        state, metrics = self._step(state, batch)
+                    if first:
+                        jax.block_until_ready(metrics)
+                    step += 1
+                    account.steps += not first
+                    pending.append(metrics)
+                    writer.advance()
+                    if step % cfg.log_every == 0 or step == cfg.total_steps:
+                        bad = self._check_finite(state)
+                        writer.write(step, "train", self._train_record(pending, time.perf_counter() - t0, bad))
+                        account.save(step)
+                        pending, t0 = [], time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
-                    writer.write(step, "eval", self.evaluate(state, step, final=False))
+                    with account.time("eval"):
+                        writer.write(step, "eval", self.evaluate(state, step, final=False))
                 if step % cfg.checkpoint_every == 0:
-                    self._check_finite(state)
-                    ckpt.save(step, state, feed, config_dict)
+                    with account.time("checkpoint_save"):
+                        self._check_finite(state)
+                        ckpt.save(step, state, feed, config_dict)
             self._check_finite(state)
-            if step not in ckpt.steps():
-                ckpt.save(step, state, feed, config_dict, force=True)
+            with account.time("checkpoint_save"):
+                if step not in ckpt.steps():
+                    ckpt.save(step, state, position, config_dict, force=True)
+                if self._stop_requested:
+                    ckpt.wait()
             if self._stop_requested:
-                ckpt.wait()
+                account.save(step)
                 return {"step": step, "preempted": True}
-            final = writer.write(step, "eval", self.evaluate(state, step, final=True), final=True)
+            with account.time("eval"):
+                evaluation = self.evaluate(state, step, final=True)
+            final = writer.write(step, "eval", {**evaluation, **account.totals()}, final=True)
+            account.save(step)
             not_finite = ", ".join(f"{k}={v}" for k, v in final.items() if v in ("nan", "inf", "-inf"))
             if not_finite:
                 raise NonFiniteEvalError(f"the final evaluation at step {step} is not finite ({not_finite}); "
@@ -290,6 +332,17 @@ class Trainer:
             ckpt.close()
             if writer is not None:
                 writer.close()
+
+
+class _Position:
+    """A data position fixed at a given state (grain's checkpoint protocol): what a stop saves, so the batch
+    fetched for the step that was not taken is read again on resume."""
+
+    def __init__(self, state: bytes):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return self.state
 
 
 def skip_metrics(counter: pipeline.SkipCounter) -> dict[str, int]:

@@ -119,7 +119,7 @@ def test_launch_environment_starts_multi_host_jax(monkeypatch):
 
     calls = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append("init"))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **timeouts: calls.append("init"))
     for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MMJAX_DISTRIBUTED", "1")

@@ -31,3 +31,19 @@ def test_non_divisible_dimensions_are_replicated():
     mesh_4x2 = type("MeshShape", (), {"shape": {"data": 1, "fsdp": 4, "tensor": 2}})()  # only .shape is read
     spec = sharding._divisible(jax.sharding.PartitionSpec("fsdp", "tensor"), (13, 8), mesh_4x2)
     assert spec == jax.sharding.PartitionSpec(None, "tensor")
+
+
+def test_emulated_cpu_slices_join_along_data(monkeypatch):
+    """`MMJAX_CPU_SLICES` (mmjax.launch --slices) gives CPU processes slices; the grid puts them along `data`."""
+    import types
+
+    import jax
+
+    devices = [types.SimpleNamespace(platform="cpu", process_index=p, id=p) for p in (3, 1, 0, 2)]
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    monkeypatch.setenv("MMJAX_CPU_SLICES", "2")
+    assert sharding.device_slices(devices) == [1, 0, 0, 1]
+    grid = sharding.device_grid((2, 2, 1), devices)
+    assert [[d.process_index for d in row[:, 0]] for row in grid] == [[0, 1], [2, 3]]   # data row = slice
+    with pytest.raises(ValueError, match=r"2 slices are joined along `data`, so mesh\.data must be a multiple of 2"):
+        sharding.device_grid((1, 4, 1), devices)

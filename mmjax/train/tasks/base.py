@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax.data import pipeline
+from mmjax.data import pipeline, sharded
 from mmjax.data.sources import DataError, make_source
 from mmjax.train import sharding
 
@@ -95,7 +95,7 @@ class Task:
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
-        source, reasons = self.source("train"), []
+        source, reasons = sharded.host_local(self.source("train")), []   # records of this host
         for i in range(min(len(source), self.FIELD_CHECK_RECORDS)):
             record = source[i]
             try:

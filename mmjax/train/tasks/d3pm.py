@@ -41,6 +41,7 @@ from mmjax import configlib
 from mmjax.diffusion import maskgit
 from mmjax.diffusion.d3pm import D3PM
 from mmjax.models.denoiser import denoiser_from_config
+from mmjax.train import sharding
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 
 SAMPLERS = ("ancestral", "maskgit", "both")
@@ -260,7 +261,7 @@ class D3PMTask(Task):
         n = self.config.sample.num_samples
         labels = np.arange(n, dtype=np.int32) % self.num_labels if self.num_labels else None
         tokens = self._sampler(sampler)(params, None if labels is None else jnp.asarray(labels), rng)
-        return np.asarray(jax.device_get(tokens)), labels
+        return sharding.to_host(tokens), labels   # the samples may be spread over several hosts' devices
 
     def evaluate(self, params: Any, model_state: Any, ctx: EvalContext) -> dict[str, float]:
         step = self.jitted_eval_step

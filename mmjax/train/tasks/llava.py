@@ -233,13 +233,15 @@ class LlavaTask(Task):
         for start in range(0, len(prompts), batch_size):
             chunk = [self.processor.prompt_example(conv, images) for conv, images in prompts[start:start + batch_size]]
             batch = collate_prompts(chunk, self.processor, batch_size=batch_size)
-            if mesh is not None:
-                batch = sharding.global_batch(batch, mesh)
+            if mesh is not None:   # every host holds the whole chunk; each contributes its rows of it
+                rows = pipeline.local_batch_size(batch_size)
+                mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+                batch = sharding.global_batch({k: v[mine] for k, v in batch.items()}, mesh)
             embeds = self._embed(params, batch["ids"], batch["pixels"], batch["image_index"], batch["image_weight"])
             out = generate(lm, params["lm"], batch["ids"], prompt_valid=batch["prompt_valid"], prompt_embeds=embeds,
                            max_new_tokens=max_new_tokens, stop_tokens=self.stop_tokens,
                            pad_id=self.processor.pad_id)
-            tokens, lengths = jax.device_get((out.tokens, out.lengths))
+            tokens, lengths = sharding.to_host(out.tokens), sharding.to_host(out.lengths)
             for row in range(len(chunk)):
                 ids = [t for t in tokens[row, : lengths[row]] if t not in self.stop_tokens]
                 answers.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())

@@ -43,7 +43,7 @@ from mmjax.models.lm import LMConfig, get_config
 from mmjax.models.vq import VQModel, decode_ids
 from mmjax.nn.block_mask import showo_block_mask
 from mmjax.nn.embedding import padded_size
-from mmjax.train.sharding import mesh_shape
+from mmjax.train import sharding
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
@@ -317,7 +317,7 @@ class ShowoTask(Task):
     def data_shards(self) -> int:
         """How many devices hold distinct rows of the batch (the mesh's data x fsdp axes): the groups of the
         reference's per-device loss (`showo.loss_normalization="device"`, showo_loss)."""
-        shape = mesh_shape(dict(self.config.mesh), jax.device_count())
+        shape = sharding.mesh_shape(dict(self.config.mesh), jax.device_count())
         return shape[0] * shape[1]
 
     def losses(self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array, groups: int = 1
@@ -398,7 +398,7 @@ class ShowoTask(Task):
     def decode_codes(self, model_state: Any, codes: jax.Array) -> np.ndarray:
         """Codes (B, N) -> uint8 images (B, H, W, 3) through the frozen tokenizer's decoder."""
         pixels = decode_ids(self.vq_model, model_state["tokenizer"], jnp.reshape(codes, (-1, self.grid, self.grid)))
-        return np.asarray(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5).clip(0, 255)).astype(np.uint8)
+        return sharding.to_host(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5).clip(0, 255)).astype(np.uint8)
 
     def encode_images(self, model_state: Any, images: np.ndarray) -> jax.Array:
         """Float images in [-1, 1] (B, H, W, 3) -> codes (B, N)."""

@@ -47,6 +47,7 @@ from mmjax.data.sources import make_source
 from mmjax.data.text import Tokenizer, make_tokenizer
 from mmjax.models.showo_layout import SHOWO_SPECIAL_TOKENS, ShowoVocab
 from mmjax.models.vq import VQConfig, VQModel, encode_to_ids
+from mmjax.train import sharding
 from mmjax.train.tasks.showo_examples import ExampleBuilder
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ def pretokenize(source: Any, builder: ExampleBuilder, parts: list[str], encoders
                 rows[part].setdefault(k, []).append(seen[k])
     encoded = {}
     for k, images in pixels.items():
-        chunks = [np.asarray(encoders[k](np.stack(images[j:j + batch]))) for j in range(0, len(images), batch)]
+        chunks = [sharding.to_host(encoders[k](np.stack(images[j:j + batch])))
+                  for j in range(0, len(images), batch)]
         encoded[k] = np.concatenate(chunks)
     if "image" in encoded:
         encoded["image"] = encoded["image"].reshape(len(encoded["image"]), -1).astype(np.int32)

@@ -31,6 +31,7 @@ from mmjax import paths
 from mmjax.models import showo as showo_model
 from mmjax.models import showo_layout as layout
 from mmjax.models import showo_vit_layout as vit_layout
+from mmjax.train import sharding
 from mmjax.train.tasks import showo_batches as sb
 from mmjax.train.tasks.base import EvalContext
 
@@ -112,7 +113,7 @@ def answer(task: Any, params: Any, model_state: Any, images: jax.Array, question
                                                rng=step_rng, **sampling)
         else:
             out = showo_model.mmu_generate(task.model, params, inputs, qids, qlen, rng=step_rng, **sampling)
-        for row, n in zip(np.asarray(out.tokens)[: len(chunk)], np.asarray(out.lengths)):
+        for row, n in zip(sharding.to_host(out.tokens)[: len(chunk)], sharding.to_host(out.lengths)):
             ids = [int(t) for t in row[:n] if t < task.vocab.text_vocab_size and t != task.vocab.eos_id]
             answers.append(task.text.decode(ids, skip_special_tokens=True).strip())
     return answers

@@ -46,6 +46,7 @@ from mmjax.data import pipeline
 from mmjax.eval.image_metrics import psnr, ssim
 from mmjax.models.discriminator import LPIPS, load_lpips, make_discriminator
 from mmjax.models.vq import VQConfig, VQModel
+from mmjax.train import sharding
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 
 LOSS_FIELDS = ("l1_weight", "l2_weight", "perceptual_weight", "lpips_path", "adv_weight", "adv_start", "disc_weight",
@@ -285,18 +286,18 @@ class VQTask(Task):
             sums, batch_hist, recon = step(params, model_state, batch)
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-            hist += np.asarray(jax.device_get(batch_hist), np.float64)
-            valid = np.asarray(jax.device_get(batch["valid"])) > 0
+            hist += np.asarray(sharding.to_host(batch_hist), np.float64)
+            valid = sharding.to_host(batch["valid"]) > 0     # the whole global batch, on every host
             if grid is None and ev.grid_images:
                 n = min(ev.grid_images, int(valid.sum()))
-                grid = (to_uint8(jax.device_get(batch["image"])[:n]), to_uint8(jax.device_get(recon)[:n]))
+                grid = (to_uint8(sharding.to_host(batch["image"])[:n]), to_uint8(sharding.to_host(recon)[:n]))
             if fid is not None:
                 if real_stats is None:
                     from mmjax.eval.fid import FeatureStats
 
                     real_stats, fake_stats = FeatureStats(), FeatureStats()
-                real_stats.add(np.asarray(fid(batch["image"]))[valid])
-                fake_stats.add(np.asarray(fid(recon))[valid])
+                real_stats.add(sharding.to_host(fid(batch["image"]))[valid])
+                fake_stats.add(sharding.to_host(fid(recon))[valid])
         count = totals.pop("count", 0.0)
         if not count:
             raise ValueError("evaluation saw no valid example (empty or fully skipped eval split)")
@@ -309,7 +310,7 @@ class VQTask(Task):
             from mmjax.eval.fid import frechet_distance
 
             out["rfid"] = frechet_distance(*real_stats.mean_cov(), *fake_stats.mean_cov())
-        if grid is not None:
+        if grid is not None and jax.process_index() == 0:
             scale = max(1, 128 // self.image_size)
             save_png(pairs_grid(*grid, scale=scale), os.path.join(ctx.workdir, "samples", f"recon_{ctx.step}.png"))
         return out
