@@ -49,7 +49,7 @@ from mmjax.train.tasks import showo_eval
 from mmjax.train.tasks.base import EvalContext, Metrics, Task
 from mmjax.train.tasks.showo_clip import ClipTower
 from mmjax.train.tasks.showo_examples import ExampleBuilder, pad_ids
-from mmjax.train.tasks.showo_loss import LOSS_NORMALIZATIONS, grouped, mtp_sums, ntp_sums, part_loss
+from mmjax.train.tasks.showo_loss import LOSS_NORMALIZATIONS, grouped, mtp_sums, ntp_sums, weighted_total
 
 SHOWO_FIELDS = ("max_text_len", "mix", "t2i_coeff", "lm_coeff", "mmu_coeff", "cond_dropout_prob",
                 "min_masking_rate", "mask_schedule", "label_smoothing", "system_prompt", "seq_multiple",
@@ -349,21 +349,8 @@ class ShowoTask(Task):
         groups = self.data_shards() if self.loss_normalization == "device" else 1
         groups = groups if bundles % groups == 0 else 1   # a batch not split over the devices (compile checks)
         sums = self.losses(params, model_state, batch, rng, groups=groups)
-        cfg = self.config.showo
-        total, metrics = jnp.zeros((), jnp.float32), {}
-        for part in sb.PARTS:
-            if f"{part}_nll" not in sums:
-                continue
-            loss = part_loss(jnp.atleast_1d(sums[f"{part}_nll"]), jnp.atleast_1d(sums[f"{part}_count"]),
-                             self.loss_normalization)
-            total = total + getattr(cfg, f"{part}_coeff") * loss
-            metrics[f"{part}_loss"] = loss
-        sums = {k: jnp.sum(v) for k, v in sums.items()}
-        if "t2i_correct" in sums:
-            metrics["t2i_masked_acc"] = sums["t2i_correct"] / jnp.maximum(sums["t2i_masked"], 1.0)
-        for part in ("lm", "mmu"):
-            if f"{part}_correct" in sums:
-                metrics[f"{part}_token_acc"] = sums[f"{part}_correct"] / jnp.maximum(sums[f"{part}_count"], 1.0)
+        coeffs = {part: getattr(self.config.showo, f"{part}_coeff") for part in sb.PARTS}
+        total, metrics = weighted_total(sums, coeffs, self.loss_normalization)
         return total, (metrics, model_state)
 
     # -- evaluation (showo_eval) --------------------------------------------------------------------------------

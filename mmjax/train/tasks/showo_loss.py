@@ -67,3 +67,23 @@ def ntp_sums(logits: jax.Array, labels: jax.Array, part: str, smoothing: float =
     """NTP sums: `logits[:, :-1]` against `labels[:, 1:]`."""
     nll, correct, count = _ce(logits[:, :-1], labels[:, 1:], smoothing)
     return {f"{part}_nll": nll, f"{part}_correct": correct, f"{part}_count": count}
+
+
+def weighted_total(sums: dict[str, jax.Array], coeffs: dict[str, float], normalization: str
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted sum of the parts' losses (`coeffs`: part -> coefficient, in the parts' order) and the metrics
+    of a step: each part's loss, the masked-token accuracy of T2I and the token accuracy of LM / MMU."""
+    total, metrics = jnp.zeros((), jnp.float32), {}
+    for part, coeff in coeffs.items():
+        if f"{part}_nll" not in sums:
+            continue
+        loss = part_loss(jnp.atleast_1d(sums[f"{part}_nll"]), jnp.atleast_1d(sums[f"{part}_count"]), normalization)
+        total = total + coeff * loss
+        metrics[f"{part}_loss"] = loss
+    sums = {k: jnp.sum(v) for k, v in sums.items()}
+    if "t2i_correct" in sums:
+        metrics["t2i_masked_acc"] = sums["t2i_correct"] / jnp.maximum(sums["t2i_masked"], 1.0)
+    for part in ("lm", "mmu"):
+        if f"{part}_correct" in sums:
+            metrics[f"{part}_token_acc"] = sums[f"{part}_correct"] / jnp.maximum(sums[f"{part}_count"], 1.0)
+    return total, metrics
