@@ -230,6 +230,10 @@ def llava_onevision(*, records: int = 256, size: int = 768, unique: int = 32, ba
     return {"result": report(DEMAND["llava_ov"], rates, image_px=size, batch=batch)}
 
 
+# Caption-prompt questions of the input benchmark (the paper configs read the reference's list from a file).
+BENCH_CAPTION_QUESTIONS = ("What does the image show?", "Describe this picture.", "What is in this photo?")
+
+
 def showo(*, tokenized: bool, records: int = 256, size: int = 512, unique: int = 32, batches: int = 8,
           workers: tuple[int, ...] = (2,), config: str = "configs/showo/pretrain.py:stage=2,res=256,devices=1",
           overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -249,6 +253,10 @@ def showo(*, tokenized: bool, records: int = 256, size: int = 512, unique: int =
             parts[part].source = ml_collections.ConfigDict(images)
         parts.lm.source = ml_collections.ConfigDict(text)
         parts.lm.text_field = "caption"
+        if parts.mmu.get("questions"):   # the paper configs name the reference's question file: a stand-in list
+            parts.mmu.questions = os.path.join(tmp, "questions.json")
+            with open(parts.mmu.questions, "w", encoding="utf-8") as f:
+                json.dump(BENCH_CAPTION_QUESTIONS, f)
         task = ShowoTask(config)
         rates = _time_workers(task.source("train"), task.preprocess, 1, workers, batches)
         extra = {} if tokenized else {"parquet_rg100_read_ms": round(parquet_read_ms(jpegs, tmp), 2)}

@@ -46,7 +46,7 @@ from mmjax.data.conversation import (
     move_image_first,
     tokenize_conversation,
 )
-from mmjax.data.sources import DataError
+from mmjax.data.errors import DataError
 from mmjax.data.text import Tokenizer
 from mmjax.layout.anyres import CLIP_MEAN_RGB, AnyResLayout, anyres_token_layout, grid_pinpoints
 from mmjax.layout.token_maps import TokenMap, anyres_map, base_map, place_maps, video_map

@@ -26,6 +26,7 @@ import numpy as np
 
 from mmjax import configlib
 from mmjax.data import records
+from mmjax.data.errors import DataError, NoCaptionError, NoImageError  # noqa: F401 (re-exported)
 from mmjax.data.shapes import ShapesConfig, ShapesSource
 
 CORPORA = ("webdataset", "parquet", "imagefolder", "jsonl")   # modules of mmjax.data with a `from_config(cfg)`
@@ -34,18 +35,6 @@ HOST_SHARDED = ("webdataset", "parquet", "imagefolder")     # take host_index / 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
 
-
-class DataError(ValueError):
-    """A data set that cannot be opened; the message names the data set, split or file."""
-
-
-class NoCaptionError(ValueError):
-    """A record without the caption (text) a task needs; skipped and counted under this name."""
-
-
-class NoImageError(ValueError):
-    """A record without an image where one is needed (e.g. LLaVA's text-only conversations); skipped and counted
-    under this name."""
 
 
 GLOB_CHARS = "*?["

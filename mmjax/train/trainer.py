@@ -246,6 +246,8 @@ class Trainer:
             limits = pipeline.StarvationLimits(cfg.data_max_consecutive_skips, cfg.data_max_skip_fraction,
                                                cfg.data_skip_check_after)
             source = self.task.source("train")
+            if self.task.required_fields:   # tasks that decode image records: one usable record first
+                self.task.usable_example(source)
             data = pipeline.train_dataset(source, self.task.preprocess,
                                           global_batch_size=cfg.batch_size, seed=cfg.seed, counter=self.counter,
                                           worker_count=cfg.data_workers, limits=limits)

@@ -57,11 +57,12 @@ def test_tiny_showo_and_llava_compile_for_v5e_with_splash(tmp_path):
     assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and report["examples_per_shard"] == 1
 
     out = tmp_path / "llava.json"
-    result = run([sys.executable, "-m", "mmjax.train", "--config", "configs/llava/tiny.py", "--compile_only",
+    llava = f"configs/llava/tiny.py:data=llava_json,corpus={MISSING}/chat.json,images={MISSING}/images"
+    result = run([sys.executable, "-m", "mmjax.train", "--config", llava, "--compile_only",
                   "--topology", "v5e-4", "--out", str(out), "--config.text.tokenizer=sentencepiece",
                   f"--config.text.tokenizer_path={MISSING}/tokenizer.model", "--config.model.lm.vocab_size=300",
                   "--config.model.lm.num_layers=1", "--config.model.vision.depth=2",
-                  f"--config.init.workdir={MISSING}/run", "--config.data.train.name=llava_json"])
+                  f"--config.init.workdir={MISSING}/run"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verdict: fits" in result.stdout
     check(json.loads(out.read_text()))

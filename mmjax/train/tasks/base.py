@@ -93,9 +93,12 @@ class Task:
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings."""
-        source, reasons = sharded.host_local(self.source("train")), []   # records of this host
+    def usable_example(self, source: Any | None = None) -> dict[str, np.ndarray]:
+        """The first of this host's first `FIELD_CHECK_RECORDS` records that `preprocess` accepts. A DataError
+        naming a record and its reason when none does (a corpus of only corrupt images, a wrong decode), so such a
+        run stops before anything compiles instead of at the starvation limit."""
+        source = sharded.host_local(self.source("train") if source is None else source)   # records of this host
+        reasons = []
         for i in range(min(len(source), self.FIELD_CHECK_RECORDS)):
             record = source[i]
             try:
@@ -104,10 +107,16 @@ class Task:
                 reasons.append(f"{pipeline.record_where(record) or f'record {i}'}: {type(e).__name__}: {e}")
                 continue
             if example is not None:
-                return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}
+                return example
             reasons.append(f"record {i}: unreadable or rejected")
         raise DataError(f"none of the first {len(reasons)} records of config.data.train can be used, e.g. "
                         f"{reasons[0][:300] if reasons else 'none'}")
+
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of the right shapes and dtypes (values irrelevant): used for abstract init and shardings.
+        Tasks that know their shapes from the config override it, so compile-only checks read no data."""
+        example = self.usable_example()
+        return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}
 
     def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """A batch of the training shapes with realistic random content (ids within their vocabularies, lengths
