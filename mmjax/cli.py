@@ -84,6 +84,17 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
+    def parse_with_overrides(self, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+        """The declared arguments, and the `--config.field=value` overrides (without `--config.`) that follow
+        them; anything else is refused in one line."""
+        args, rest = self.parse_known_args(argv)
+        overrides = []
+        for item in rest:
+            if not item.startswith("--config."):
+                self.error(f"unrecognised argument {item!r} (overrides look like --config.field=value)")
+            overrides.append(item[len("--config."):])
+        return args, overrides
+
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer >= `minimum` (e.g. `--num 0` is refused with the bound)."""

@@ -245,13 +245,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--split", default="train", help="the config.data split to read")
     parser.add_argument("--num", type=cli.int_at_least(1), default=32, help="records to read (per part)")
     parser.add_argument("--out", required=True, help="folder for inspect.png and inspect.json")
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            parser.error(f"unrecognised argument {item!r} (overrides look like --config.field=value)")
-        overrides.append(item[len("--config."):])
-    return args, overrides
+    return parser.parse_with_overrides(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

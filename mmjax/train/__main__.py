@@ -31,16 +31,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--plan", help="a TPU slice: rank meshes, batch splits and remat by the cost model, compile "
                         "the best --plan_k (mmjax.train.planner)")
     parser.add_argument("--plan_k", type=cli.int_at_least(0), default=3, help="with --plan: plans to compile")
-    args, rest = parser.parse_known_args(argv)
+    args, overrides = parser.parse_with_overrides(argv)
     if args.compile_only and not args.topology:
         parser.error("--compile_only needs --topology (e.g. v5e:4x4)")
     if not args.compile_only and not args.plan and not args.workdir:
         parser.error("--workdir is required (or --compile_only --topology ... to only check a TPU slice)")
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            parser.error(f"unrecognised argument {item!r} (overrides look like --config.field=value)")
-        overrides.append(item[len("--config."):])
     return args, overrides
 
 
