@@ -25,7 +25,7 @@ from collections.abc import Callable
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 # (module, class): a class whose module was never imported cannot have been raised, so nothing is imported here
-USER_ERRORS = (("mmjax.configlib", "ConfigError"), ("mmjax.data.sources", "DataError"),
+USER_ERRORS = (("mmjax.configlib", "ConfigError"), ("mmjax.data.errors", "DataError"),
                ("mmjax.train.checkpoint", "CheckpointError"), ("mmjax.data.images", "ImageDecodeError"))
 FAILED_RUN_ERRORS = (("mmjax.train.trainer", "NonFiniteLossError"), ("mmjax.train.trainer", "NonFiniteEvalError"),
                      ("mmjax.train.multihost", "PeerFailedError"))
