@@ -72,15 +72,9 @@ def textvqa_prompt(record: Record) -> str:
     return short_answer_prompt({"text": text})
 
 
-def write_submission(records: Sequence[Record], path: str | os.PathLike) -> None:
-    """EvalAI's TextVQA format: `[{"question_id", "answer"}]`, answers through the EvalAI processor."""
-    rows = [{"question_id": r["question_id"], "answer": vqa.evalai_normalize(r["prediction"])} for r in records]
-    Path(path).write_text(json.dumps(rows), encoding="utf-8")
-
-
 def _write_and_score(records: list[Record], out: Path, annotations: str | None) -> dict[str, Any]:
     answers_file(records, out)
-    write_submission(records, out / "submission.json")
+    vqa.write_evalai_submission(records, out / "submission.json")
     if annotations:
         with open(annotations, encoding="utf-8") as f:
             truth = {q["question_id"]: q["answers"] for q in json.load(f)["data"]}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,9 @@ def vizwiz_prompt(record: Record) -> str:
     return with_suffix(with_suffix(record.get("text", ""), UNANSWERABLE_PROMPT), SHORT_ANSWER_PROMPT)
 
 
-def write_submission(records: Sequence[Record], path: str | os.PathLike) -> None:
-    """The VizWiz server's format: `[{"image", "answer"}]`."""
-    rows = [{"image": r["question_id"], "answer": vqa.evalai_normalize(r["prediction"])} for r in records]
-    Path(path).write_text(json.dumps(rows), encoding="utf-8")
-
-
 def _write_and_score(records: list[Record], out: Path, annotations: str | None) -> dict[str, Any]:
     answers_file(records, out)
-    write_submission(records, out / "submission.json")
+    vqa.write_evalai_submission(records, out / "submission.json", id_key="image")
     if not has_truth(records, "answers"):
         return {}
     scores = vqa.score_vqa(records)

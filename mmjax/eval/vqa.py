@@ -211,6 +211,15 @@ def write_vqav2_submission(
     return missing
 
 
+def write_evalai_submission(records: Iterable[Mapping[str, Any]], path: str | os.PathLike,
+                            id_key: str = "question_id") -> None:
+    """An EvalAI server's answer file (TextVQA: `[{"question_id", "answer"}]`, VizWiz: `[{"image", "answer"}]`):
+    each record's `question_id` under `id_key`, its prediction through the EvalAI answer processor."""
+    rows = [{id_key: r["question_id"], "answer": evalai_normalize(r["prediction"])} for r in records]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+
+
 # ----------------------------------------------------------------------------------------------- GQA
 
 
